@@ -1,0 +1,402 @@
+"""Training loop shared by every backbone x variant: SASRec-style, early-stopped, resumable, cached.
+
+Why this shape (Kang & McAuley 2018, section III-E and their code):
+- one left-padded sequence per user: the last ``max_len`` items of the TRAIN prefix (seq[:-2]);
+  every position predicts the next item, so one pass over the users is one epoch;
+- binary cross-entropy with one sampled negative per position; the negative is never an item of
+  the user's train prefix (the valid/test targets are not looked at, so they can be sampled);
+- Adam; early stopping on validation NDCG@10 under the ``full`` protocol (slim.metrics);
+- at test time the model reads seq[:-1] (train prefix + valid item) with the same weights.
+
+Determinism: the model is initialised under ``torch.manual_seed(seed)`` and epoch ``e`` draws its
+order, negatives and dropout masks from generators seeded by (seed, e). A run stopped after any
+evaluation and resumed from ``train_state.pt`` therefore ends exactly like an uninterrupted run.
+
+Artefacts (``<run_dir>/<backbone>-<variant>[-<tag>]-seed<seed>-<key hash>/``):
+``model.safetensors`` (best weights), ``config.json`` (provenance: config, dataset fingerprint
+and stats, text-input hashes, code version, best epoch, valid metrics, per-epoch history), and,
+while training, ``train_state.pt`` (state dicts only; loaded with ``weights_only=True``).
+A directory whose ``config.json`` says complete and whose key matches is reused, not retrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slim.data import REPO_ROOT, SequentialDataset, Split
+from slim.metrics import dataset_fingerprint, evaluate
+from slim.recommenders import BACKBONES, USER_TEXT_VARIANTS, VARIANTS, build_model
+
+FORMAT_VERSION = 1
+DEFAULT_LAYERS = {"sasrec": 2, "gru4rec": 1, "srgnn": 1}
+
+
+@dataclass
+class FitConfig:
+    """Everything that changes the trained weights (and so the checkpoint key).
+
+    ``layers=None`` means the backbone's paper default (SASRec 2 blocks, GRU4Rec 1 layer; SR-GNN
+    always runs one GNN step). ``heads``/``dropout`` default to SASRec's ML-1M setting.
+    ``tag`` names otherwise identical runs with different text inputs (e.g. "step1").
+    """
+
+    backbone: str = "sasrec"
+    variant: str = "id"
+    seed: int = 0
+    epochs: int = 200
+    patience: int = 5  # evaluations without a new best validation NDCG@10
+    eval_every: int = 1
+    dim: int = 64
+    max_len: int = 50
+    layers: int | None = None
+    heads: int = 1
+    dropout: float = 0.2
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.variant != "match" and self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        if self.variant == "match":
+            self.backbone = "none"
+        if self.layers is None:
+            self.layers = DEFAULT_LAYERS.get(self.backbone, 1)
+
+    @property
+    def name(self) -> str:
+        tag = f"-{self.tag}" if self.tag else ""
+        return f"{self.backbone}-{self.variant}{tag}-seed{self.seed}"
+
+
+@dataclass
+class FittedModel:
+    """A trained model bound to its dataset and text inputs; ``score`` is a slim.metrics score_fn."""
+
+    model: nn.Module
+    dataset: SequentialDataset
+    config: FitConfig
+    checkpoint_dir: Path
+    record: dict
+    user_text: dict[str, np.ndarray] | None = None
+    _user_text_t: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.record["best_epoch"])
+
+    @property
+    def valid_metrics(self) -> dict[str, float]:
+        return dict(self.record["valid_metrics"])
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor | np.ndarray, split: Split) -> torch.Tensor:
+        """``[B, n_items + 1]`` scores from history(u, split) (column 0 = padding, meaningless)."""
+        self.model.eval()
+        users_np = np.asarray(users.cpu() if isinstance(users, torch.Tensor) else users, dtype=np.int64)
+        seq = torch.as_tensor(history_matrix(self.dataset, users_np, split, self.config.max_len))
+        return self.model.score_last(seq, _user_vec(self, users_np, split))
+
+
+def _user_vec(fm: FittedModel, users: np.ndarray, split: str) -> torch.Tensor | None:
+    if not getattr(fm.model, "needs_user_text", False):
+        return None
+    if split not in fm._user_text_t:
+        if fm.user_text is None or split not in fm.user_text:
+            raise ValueError(f"this model needs user_text[{split!r}] (rationale vectors) to score")
+        fm._user_text_t[split] = torch.as_tensor(np.asarray(fm.user_text[split], dtype=np.float32))
+    return fm._user_text_t[split][torch.as_tensor(users)]
+
+
+# ---------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------
+
+def _left_padded(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+    """Rows ``values[max(start, end-length):end]`` right-aligned in a zero matrix ``[N, length]``."""
+    idx = ends[:, None] - length + np.arange(length)[None, :]
+    valid = idx >= starts[:, None]
+    return np.where(valid, values[np.clip(idx, 0, len(values) - 1)], 0).astype(np.int64)
+
+
+def history_matrix(dataset: SequentialDataset, users: np.ndarray, split: Split, max_len: int) -> np.ndarray:
+    """Left-padded last ``max_len`` items of history(u, split): seq[:-2] (valid) or seq[:-1] (test)."""
+    users = np.asarray(users, dtype=np.int64)
+    ends = dataset.offsets[users + 1] - (2 if split == "valid" else 1)
+    return _left_padded(dataset.values, dataset.offsets[users], ends, max_len)
+
+
+def training_arrays(dataset: SequentialDataset, max_len: int, match: bool = False) -> tuple[np.ndarray, ...]:
+    """(users, inputs [U, L], positives [U, L]) from each user's train prefix seq[:-2].
+
+    Sequence models: inputs = prefix[:-1], positives = prefix[1:] (aligned, left-padded).
+    Text matching: positives = the prefix itself (the user side is the rationale, not the inputs).
+    Users without any training pair are dropped.
+    """
+    users = np.arange(dataset.n_users)
+    starts, ends = dataset.offsets[:-1], dataset.offsets[1:] - 2
+    if match:
+        pos = _left_padded(dataset.values, starts, ends, max_len)
+        inp = np.zeros_like(pos)
+    else:
+        inp = _left_padded(dataset.values, starts, ends - 1, max_len)
+        pos = _left_padded(dataset.values, starts + 1, ends, max_len)
+    keep = (pos > 0).any(1)
+    return users[keep], inp[keep], pos[keep]
+
+
+class NegativeSampler:
+    """Uniform items that are not in the user's train prefix (vectorised rejection sampling)."""
+
+    def __init__(self, dataset: SequentialDataset):
+        self.n_items = dataset.n_items
+        lens = dataset.lengths - 2
+        users = np.repeat(np.arange(dataset.n_users), lens)
+        starts = np.repeat(dataset.offsets[:-1], lens)
+        pos = starts + np.arange(lens.sum()) - np.repeat(np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        self.keys = np.sort(users * (self.n_items + 1) + dataset.values[pos])
+
+    def _seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        k = users * (self.n_items + 1) + items
+        i = np.searchsorted(self.keys, k).clip(max=len(self.keys) - 1)
+        return self.keys[i] == k
+
+    def sample(self, users: np.ndarray, shape_like: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = np.broadcast_to(users[:, None], shape_like.shape)
+        neg = rng.integers(1, self.n_items + 1, size=shape_like.shape)
+        bad = self._seen(u, neg)
+        for _ in range(100):
+            if not bad.any():
+                break
+            neg[bad] = rng.integers(1, self.n_items + 1, size=int(bad.sum()))
+            bad = self._seen(u, neg)
+        return np.where(shape_like > 0, neg, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------------------
+
+def array_sha(a: np.ndarray | None) -> str | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    h = hashlib.sha256(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def code_version() -> str:
+    """``git rev-parse HEAD`` (+ "-dirty" when slim/ has uncommitted changes); "unknown" outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "slim"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_text) -> dict[str, Any]:
+    """What must match for a checkpoint to be reused (code version is recorded, not matched)."""
+    needs_items = cfg.variant != "id"
+    needs_users = cfg.variant in USER_TEXT_VARIANTS
+    return {
+        "format": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "dataset": {"name": dataset.name, "fingerprint": dataset_fingerprint(dataset), "n_items": dataset.n_items},
+        "item_text": array_sha(item_text) if needs_items else None,
+        "user_text": ({s: array_sha(v) for s, v in sorted(user_text.items())} if needs_users and user_text else None),
+    }
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _atomic_write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _save_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_fitted(
+    checkpoint_dir: str | Path,
+    dataset: SequentialDataset,
+    item_text: np.ndarray | None = None,
+    user_text: dict[str, np.ndarray] | None = None,
+) -> FittedModel:
+    """Rebuild a finished run from its directory; refuses if the inputs differ from its record."""
+    from safetensors.torch import load_file
+
+    checkpoint_dir = Path(checkpoint_dir)
+    record = json.loads((checkpoint_dir / "config.json").read_text())
+    cfg = FitConfig(**record["key"]["config"])
+    key = checkpoint_key(dataset, cfg, item_text, user_text)
+    if key != record["key"]:
+        diff = [k for k in key if key[k] != record["key"].get(k)]
+        raise ValueError(f"{checkpoint_dir}: inputs differ from the checkpoint's provenance in {diff}")
+    model = _build(cfg, dataset, item_text, user_text)
+    model.load_state_dict(load_file(str(checkpoint_dir / "model.safetensors")))
+    model.eval()
+    return FittedModel(model, dataset, cfg, checkpoint_dir, record, user_text)
+
+
+def _build(cfg: FitConfig, dataset: SequentialDataset, item_text, user_text) -> nn.Module:
+    udim = None
+    if cfg.variant in USER_TEXT_VARIANTS:
+        if not user_text or "valid" not in user_text:
+            raise ValueError(f"variant {cfg.variant!r} needs user_text={{'valid': ..., 'test': ...}}")
+        for split, v in user_text.items():
+            if v.shape[0] != dataset.n_users:
+                raise ValueError(f"user_text[{split!r}] has {v.shape[0]} rows; the dataset has {dataset.n_users} users")
+        udim = int(user_text["valid"].shape[1])
+    return build_model(cfg.backbone, cfg.variant, dataset.n_items, cfg.dim, cfg.max_len, cfg.layers, cfg.heads,
+                       cfg.dropout, item_text=item_text, user_text_dim=udim)
+
+
+# ---------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------
+
+def fit(
+    dataset: SequentialDataset,
+    cfg: FitConfig,
+    run_dir: str | Path,
+    item_text: np.ndarray | None = None,
+    user_text: dict[str, np.ndarray] | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> FittedModel:
+    """Train (or reuse/resume) ``cfg`` on ``dataset``; returns the best-validation model.
+
+    ``item_text``: ``[n_items + 1, D]`` (row 0 zeros) for every variant but ``id``.
+    ``user_text``: {"valid": [n_users, D], "test": [n_users, D]} rationale vectors for
+    ``teacher``/``slim``/``match``; training uses the "valid" ones (written from the train prefix).
+    """
+    key = checkpoint_key(dataset, cfg, item_text, user_text)
+    ckpt = Path(run_dir) / f"{cfg.name}-{_key_hash(key)}"
+    record_path, state_path = ckpt / "config.json", ckpt / "train_state.pt"
+    if not force and record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("complete") and record.get("key") == key:
+            return load_fitted(ckpt, dataset, item_text, user_text)
+    ckpt.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = _build(cfg, dataset, item_text, user_text)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    fitted = FittedModel(model, dataset, cfg, ckpt, {}, user_text)
+
+    users, inp, pos = training_arrays(dataset, cfg.max_len, match=cfg.variant == "match")
+    sampler = NegativeSampler(dataset)
+    train_uvec = (torch.as_tensor(np.asarray(user_text["valid"], dtype=np.float32))
+                  if cfg.variant in USER_TEXT_VARIANTS else None)
+
+    start_epoch, best_metric, best_epoch, bad, history = 1, -1.0, 0, 0, []
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if state_path.exists() and not force:
+        st = torch.load(state_path, weights_only=True)
+        if st.get("key_hash") == _key_hash(key):
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optim"])
+            best_state = st["best"]
+            start_epoch, best_metric, best_epoch, bad = st["epoch"] + 1, st["best_metric"], st["best_epoch"], st["bad"]
+            history = json.loads(st["history"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start_epoch, cfg.epochs + 1), desc=cfg.name, disable=not progress, leave=False)
+    for epoch in bar:
+        if bad >= cfg.patience:
+            break
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        model.train()
+        t0 = time.perf_counter()
+        order = rng.permutation(len(users))
+        total, count = 0.0, 0
+        for lo in range(0, len(order), cfg.batch_size):
+            b = order[lo : lo + cfg.batch_size]
+            b_pos = pos[b]
+            b_neg = sampler.sample(users[b], b_pos, rng)
+            mask = torch.as_tensor(b_pos > 0)
+            uvec = train_uvec[torch.as_tensor(users[b])] if train_uvec is not None else None
+            pl, nl = model.pair_logits(torch.as_tensor(inp[b]), torch.as_tensor(b_pos), torch.as_tensor(b_neg), uvec)
+            loss = (F.binary_cross_entropy_with_logits(pl[mask], torch.ones_like(pl[mask]), reduction="sum")
+                    + F.binary_cross_entropy_with_logits(nl[mask], torch.zeros_like(nl[mask]), reduction="sum"))
+            n = int(mask.sum())
+            opt.zero_grad(set_to_none=True)
+            (loss / max(n, 1)).backward()
+            opt.step()
+            total, count = total + float(loss.detach()), count + n
+        train_s = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": round(train_s, 3)}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            t1 = time.perf_counter()
+            metrics = evaluate(fitted.score, dataset, "valid", "full")
+            row["eval_seconds"] = round(time.perf_counter() - t1, 3)
+            row["valid"] = metrics
+            if metrics["NDCG@10"] > best_metric:
+                best_metric, best_epoch, bad = metrics["NDCG@10"], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{metrics['NDCG@10']:.4f}", best=best_epoch)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"key_hash": _key_hash(key), "model": model.state_dict(), "optim": opt.state_dict(),
+                        "best": best_state, "epoch": epoch, "best_metric": best_metric, "best_epoch": best_epoch,
+                        "bad": bad, "history": json.dumps(history)}, tmp)
+            os.replace(tmp, state_path)
+        else:
+            history.append(row)
+    bar.close()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    _save_safetensors(model, ckpt / "model.safetensors")
+    best_row = next((r for r in history if r["epoch"] == best_epoch and "valid" in r), None)
+    train_secs = [r["train_seconds"] for r in history]
+    record = {
+        "complete": True,
+        "key": key,
+        "name": cfg.name,
+        "dataset_stats": dataset.stats(),
+        "code_version": code_version(),
+        "torch": torch.__version__,
+        "best_epoch": best_epoch,
+        "valid_metrics": best_row["valid"] if best_row else {},
+        "epochs_run": history[-1]["epoch"] if history else 0,
+        "mean_epoch_seconds": float(np.mean(train_secs)) if train_secs else None,
+        "history": history,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _atomic_write_json(record_path, record)
+    state_path.unlink(missing_ok=True)
+    fitted.record = record
+    return fitted
