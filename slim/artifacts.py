@@ -1,0 +1,219 @@
+"""Where every artefact of a run lives, and the provenance records that decide when one is reused.
+
+One run directory per dataset (default ``runs/<dataset>``)::
+
+    rationales/teacher.jsonl, rationales/student.jsonl   slim_train teach / reason
+    checkpoints/<backbone>-<variant>[-<tag>]-seed<k>-<key hash>/   slim.recommenders.train.fit
+    eval/<split>/<backbone>-<variant>[-<tag>]-seed<k>-<protocol>.npz   per-user ranks (slim_eval)
+    negatives/                                            sampled-protocol negatives (slim.metrics)
+    text-cache/                                           encoder vectors (slim.encoders)
+    report.json, report.md, plots/                        slim_eval (test split)
+    report-valid.json, report-valid.md                    slim_eval --split valid
+
+Why one module: slim_train writes and slim_eval reads the same files, and the two never import
+each other; a path computed in two places drifts. Only paths and records live here; the formats
+(JSONL rows, safetensors) belong to the modules that write them.
+
+Provenance: there is ONE mechanism. A record is a JSON dict whose ``key`` part says what the
+artefact was computed from (inputs' hashes, model ids, params); the rest (code version, time,
+metrics) is informational. An artefact is reused only when its stored key equals the key the
+caller would compute now (:func:`matches`). Checkpoints use exactly this through
+``slim.recommenders.train.checkpoint_key`` (its ``config.json`` holds ``{"complete", "key", ...}``);
+the per-user evaluation files and anything else use :func:`make_record`. ``code_version`` is
+recorded, never matched: a refactor must not invalidate hours of training, and the record still
+says which commit produced the numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
+
+
+def default_run_dir(dataset: str) -> Path:
+    """``runs/<dataset>`` with ``custom:a,b`` made into a safe folder name."""
+    safe = dataset.replace("custom:", "custom-").replace("/", "_").replace(",", "_")
+    return Path("runs") / safe
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one run directory (nothing is created until a writer asks for it)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def for_dataset(cls, dataset: str, out: str | Path | None = None) -> "RunLayout":
+        return cls(Path(out) if out else default_run_dir(dataset))
+
+    # ---- producers' outputs ------------------------------------------------------------
+    @property
+    def rationales_dir(self) -> Path:
+        return self.root / "rationales"
+
+    def rationales(self, name: str) -> Path:
+        """``teacher`` / ``student`` (or any other reasoner name) -> its JSONL."""
+        return self.rationales_dir / RATIONALE_FILES.get(name, f"{name}.jsonl")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Pass this as ``run_dir`` to ``slim.recommenders.train.fit``; it adds ``<name>-<key hash>``."""
+        return self.root / "checkpoints"
+
+    def checkpoint_candidates(self, run_name: str) -> list[Path]:
+        """Existing checkpoint dirs of ``<backbone>-<variant>[-<tag>]-seed<k>`` (any key hash)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.glob(f"{run_name}-*") if p.name.rsplit("-", 1)[0] == run_name)
+
+    @property
+    def negatives_dir(self) -> Path:
+        return self.root / "negatives"
+
+    @property
+    def text_cache_dir(self) -> Path:
+        return self.root / "text-cache"
+
+    # ---- measurements ------------------------------------------------------------------
+    def eval_file(self, split: str, run_name: str, protocol: str) -> Path:
+        """Per-user ranks (+ top-10 lists) of one fitted model on one split under one protocol."""
+        return self.root / "eval" / split / f"{run_name}-{protocol}.npz"
+
+    def report(self, split: str = "test", suffix: str = "json") -> Path:
+        """``report.json``/``.md`` for test; ``report-valid.*`` so a validation run never clobbers it."""
+        stem = "report" if split == "test" else f"report-{split}"
+        return self.root / f"{stem}.{suffix}"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def rationale_quality(self) -> Path:
+        return self.root / "rationale-quality.json"
+
+
+# ---------------------------------------------------------------------------------------
+# hashes
+# ---------------------------------------------------------------------------------------
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_array(a: np.ndarray | None) -> str | None:
+    """Content hash of an array (shape + float32 bytes); 16 hex chars, like train.array_sha."""
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    h = hashlib.sha256(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """``git rev-parse HEAD`` (+ "-dirty" when slim/ has uncommitted changes); "unknown" outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "slim"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# records
+# ---------------------------------------------------------------------------------------
+
+def make_record(key: Mapping[str, Any], **info: Any) -> dict:
+    """``{"key": key, "key_hash", "code_version", "created", **info}``; only ``key`` is matched."""
+    return {
+        "key": dict(key),
+        "key_hash": sha256_json(key),
+        "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+    }
+
+
+def matches(record: Mapping[str, Any] | None, key: Mapping[str, Any]) -> bool:
+    """True when a stored record was computed from exactly ``key`` (JSON round-trip compared)."""
+    if not record or "key" not in record:
+        return False
+    return json.loads(json.dumps(record["key"], default=str)) == json.loads(json.dumps(dict(key), default=str))
+
+
+def mismatch(record: Mapping[str, Any] | None, key: Mapping[str, Any]) -> list[str]:
+    """Top-level key fields that differ (for an error message that says what changed)."""
+    stored = (record or {}).get("key", {})
+    now = json.loads(json.dumps(dict(key), default=str))
+    return sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename): a killed writer never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def save_npz(path: str | Path, record: Mapping[str, Any], **arrays: np.ndarray) -> None:
+    """Arrays + their provenance record (as a JSON string in ``_record``), atomically, no pickle."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, _record=np.array(json.dumps(record, default=str)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_npz(path: str | Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """``(record, arrays)`` or None when the file is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return None
+    record = json.loads(str(arrays.pop("_record"))) if "_record" in arrays else {}
+    return record, arrays

@@ -1,0 +1,99 @@
+"""Text inputs of the fitted models: item-text vectors and per-split rationale vectors.
+
+Rationale rows come from ``rationales/<teacher|student>.jsonl`` (``slim.rationales`` format, one row
+per (user_id, split)). The valid row was written from seq[:-2] and the test row from seq[:-1], so
+``user_text["valid"]`` trains and selects a model and ``user_text["test"]`` scores the test target:
+neither ever saw its own target.
+
+Users without an ``ok`` row get a zero vector (the fusion layer then sees only the sequence, the
+matcher scores nothing), and the coverage is reported: slim_eval refuses a variant whose coverage
+is below ``--min-coverage``, because a "SLIM" row computed mostly from zero vectors would be a lie.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slim.data import SequentialDataset
+
+SPLITS = ("valid", "test")
+
+
+def rationale_text(row: dict, step: int | None = None) -> str | None:
+    """The text to encode for a rationale row: one step, or the 3 parsed steps joined, else the raw text.
+
+    Rejected or errored rows give None: a malformed generation is not evidence about the user.
+    """
+    if row.get("status") != "ok":
+        return None
+    steps = row.get("steps")
+    if step is not None:
+        if not steps or len(steps) < step or not str(steps[step - 1]).strip():
+            return None
+        return str(steps[step - 1]).strip()
+    if steps:
+        return "\n".join(str(s).strip() for s in steps if str(s).strip())
+    text = str(row.get("rationale") or "").strip()
+    return text or None
+
+
+@dataclass
+class UserText:
+    vectors: dict[str, np.ndarray]  # split -> [n_users, D]
+    coverage: dict[str, float]  # split -> fraction of users with a vector
+    source: str
+
+
+def load_rationale_rows(path: Path) -> dict[tuple[str, str], dict]:
+    """(user_id, split) -> row; via slim.rationales.RationaleStore so torn lines are handled once."""
+    from slim.rationales import RationaleStore
+
+    return RationaleStore(path).rows
+
+
+def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None = None) -> UserText:
+    """Encode each user's rationale per split (``encoder``: slim.encoders.TextEncoder)."""
+    rows = load_rationale_rows(path)
+    vectors, coverage = {}, {}
+    for split in SPLITS:
+        texts: list[str] = []
+        where: list[int] = []
+        for u, uid in enumerate(dataset.user_ids):
+            row = rows.get((str(uid), split))
+            t = rationale_text(row, step) if row else None
+            if t:
+                texts.append(t)
+                where.append(u)
+        dim = None
+        if texts:
+            vecs = encoder.encode(texts)
+            dim = vecs.shape[1]
+        else:
+            vecs = np.zeros((0, 0), dtype=np.float32)
+        out = np.zeros((dataset.n_users, dim or 384), dtype=np.float32)
+        if where:
+            out[np.asarray(where)] = vecs
+        vectors[split] = out
+        coverage[split] = len(where) / max(dataset.n_users, 1)
+    return UserText(vectors, coverage, str(path))
+
+
+def rationale_coverage(dataset: SequentialDataset, path: Path, step: int | None = None) -> dict[str, float]:
+    """Per-split fraction of users with a usable rationale, without encoding anything."""
+    if not Path(path).exists():
+        return {s: 0.0 for s in SPLITS}
+    rows = load_rationale_rows(path)
+    return {
+        s: sum(bool(rationale_text(rows[(str(uid), s)], step)) for uid in dataset.user_ids
+               if (str(uid), s) in rows) / max(dataset.n_users, 1)
+        for s in SPLITS
+    }
+
+
+def item_text(dataset: SequentialDataset, encoder) -> np.ndarray:
+    """``[n_items + 1, D]`` item-text vectors (row 0 zeros), cached by the encoder."""
+    from slim.encoders import item_text_matrix
+
+    return item_text_matrix(dataset, encoder)

@@ -1,0 +1,149 @@
+"""The grid behind ``python -m slim_eval``: data, inputs per variant, fit-or-reuse, measure-or-reuse."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from slim.artifacts import RunLayout, write_json
+from slim.data import SequentialDataset, load_dataset, sample_users
+from slim.metrics import item_popularity, sampled_negatives
+
+from . import inputs
+from .run import N_NEGATIVES, NEGATIVES_SEED, SeedResult, evaluate_fitted
+from .variants import VariantSpec, producer_command, run_name, spec
+
+
+def load_data(args: argparse.Namespace) -> tuple[SequentialDataset, dict | None]:
+    """The dataset, or a seeded user sample of it (recorded in the report as user_sample)."""
+    ds = load_dataset(args.dataset, args.data_dir)
+    if args.users is None or args.users >= ds.n_users:
+        return ds, None
+    users = sample_users(ds, args.users, seed=args.user_seed)
+    sample = {"n": int(len(users)), "of": int(ds.n_users), "seed": int(args.user_seed)}
+    return ds.subset_users(users), sample
+
+
+class Inputs:
+    """Lazily built text inputs, shared by every run that needs them (encoding is the slow part)."""
+
+    def __init__(self, dataset: SequentialDataset, layout: RunLayout):
+        self.dataset, self.layout = dataset, layout
+        self._encoder = None
+        self._item_text: np.ndarray | None = None
+        self._user_text: dict = {}
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from slim.encoders import TextEncoder
+
+            self._encoder = TextEncoder(cache_dir=self.layout.text_cache_dir)
+        return self._encoder
+
+    def item_text(self) -> np.ndarray:
+        if self._item_text is None:
+            self._item_text = inputs.item_text(self.dataset, self.encoder)
+        return self._item_text
+
+    def user_text(self, s: VariantSpec) -> inputs.UserText:
+        key = (s.rationales, s.step)
+        if key not in self._user_text:
+            path = self.layout.rationales(s.rationales)
+            self._user_text[key] = inputs.user_text(self.dataset, path, self.encoder, s.step)
+        return self._user_text[key]
+
+
+def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> str | None:
+    """Why a variant cannot be fitted yet, with the command that makes its input; None if it can."""
+    if s.rationales is None:
+        return None
+    path = layout.rationales(s.rationales)
+    out = None if args.out is None else str(args.out)
+    cmd = producer_command(s.rationales, args.dataset, out)
+    if not path.exists():
+        return f"skipped {s.name}: {path} is missing; make it with `{cmd}`"
+    cov = inputs.rationale_coverage(dataset, path, s.step)
+    low = {k: v for k, v in cov.items() if v < args.min_coverage}
+    if low:
+        got = ", ".join(f"{k} {100 * v:.1f}%" for k, v in cov.items())
+        return (f"skipped {s.name}: {path} covers {got} of the users (need >= {100 * args.min_coverage:.0f}% "
+                f"of both splits); complete it with `{cmd}`")
+    return None
+
+
+def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset,
+             protocols: list[str]) -> tuple[list[SeedResult], list[str]]:
+    """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes."""
+    from slim.recommenders.train import FitConfig, fit
+
+    feed = Inputs(dataset, layout)
+    notes: list[str] = []
+    plan: list[tuple[VariantSpec, str, int]] = []
+    for name in args.variant_list:
+        s = spec(name)
+        why = missing_reason(s, args, layout, dataset)
+        if why:
+            print(why, flush=True)
+            notes.append(why)
+            continue
+        for backbone in (args.backbone_list if s.has_backbone else ["none"]):
+            plan += [(s, backbone, seed) for seed in range(args.seeds)]
+
+    negatives = (sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
+                 if "sampled" in protocols else None)
+    popularity = item_popularity(dataset)
+    results: list[SeedResult] = []
+    for i, (s, backbone, seed) in enumerate(plan, 1):
+        name = run_name(backbone, s.name, seed)
+        t0 = time.perf_counter()
+        item_text = feed.item_text() if s.needs_item_text else None
+        user_text = None
+        if s.rationales:
+            ut = feed.user_text(s)
+            user_text = ut.vectors
+        cfg_kwargs = {"backbone": backbone, "variant": s.model_variant, "seed": seed, "tag": s.tag}
+        if args.epochs is not None:
+            cfg_kwargs["epochs"] = args.epochs
+        cfg = FitConfig(**cfg_kwargs)
+        fitted = fit(dataset, cfg, layout.checkpoints_dir, item_text=item_text, user_text=user_text,
+                     progress=not args.no_progress)
+        fit_s = time.perf_counter() - t0
+        line = [f"[{i}/{len(plan)}] {name}: best epoch {fitted.best_epoch}"
+                f" (valid NDCG@10 {100 * fitted.valid_metrics.get('NDCG@10', float('nan')):.2f}), {fit_s:.1f} s"]
+        for protocol in protocols:
+            metrics, path, reused = evaluate_fitted(fitted, dataset, args.split, protocol, layout, name,
+                                                    negatives=negatives, popularity=popularity)
+            results.append(SeedResult(backbone, s.name, seed, protocol, metrics, fitted.best_epoch, path, reused))
+            line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
+                        + (" (reused)" if reused else ""))
+        print(" | ".join(line), flush=True)
+    return results, notes
+
+
+def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
+    """``--rationales``: rationale quality of every rationales/*.jsonl, via slim.rationale_quality.
+
+    Hook contract (docs/CONTRACTS.md): ``slim.rationale_quality.quality_report(dataset, path) -> dict``
+    of name -> number (JSON-serialisable). Until that module lands this prints what is missing.
+    """
+    try:
+        from slim import rationale_quality
+    except ImportError:
+        print("rationale quality: slim/rationale_quality.py is not there yet (expected "
+              "quality_report(dataset, path) -> dict); nothing to report")
+        return None
+    files = sorted(layout.rationales_dir.glob("*.jsonl")) if layout.rationales_dir.is_dir() else []
+    if not files:
+        print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
+              f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")
+        return None
+    out = {}
+    for path in files:
+        out[path.stem] = rationale_quality.quality_report(dataset, path)
+        print(f"{path.stem}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in out[path.stem].items()))
+    write_json(layout.rationale_quality, {"dataset": dataset.name, "files": out})
+    print(f"wrote {layout.rationale_quality}")
+    return out

@@ -1,0 +1,300 @@
+"""Report shapes, built only from ``report.json`` and the per-user ``eval/*.npz`` files.
+
+Nothing here fits or scores a model, so every table and plot can be regenerated after the fact
+(``regenerate(run_dir)``) and the demo may import these functions without pulling in training.
+
+* :func:`aggregate` / :func:`results_table`: the main table (backbone x variant, HR@10, HR@20,
+  NDCG@10 per protocol, mean +- std over seeds, x100 when printed; fractions in JSON).
+* :func:`table1`: the paper's Table 1 shape per backbone: X, X+, teacher (SLIM-), SLIM, and
+  "Improv." = SLIM / max(X, X+) - 1 (computed on the means, as the paper does).
+* :func:`table2`: the paper's Table 2 shape (text matching: Step1, Step2, Step3, teacher, SLIM).
+* :func:`popularity_table`: EFD@10 / EPC@10 (paper Table 8) of SASRec vs SLIM from the stored
+  top-10 lists' per-model values (full ranking, Elliot definitions in slim.metrics).
+* :func:`sparsity_groups` / :func:`sparsity_plot`: users split into 5 equal groups by history
+  length, NDCG@10 per group. NOTE: the paper (Fig. 5) *trains* a model per group; we evaluate one
+  model trained on all users per group, which asks "who benefits" rather than "does it work with
+  less data". Said in the plot title too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from slim.artifacts import RunLayout, load_npz, read_json
+from slim.metrics import mean_std, rank_metrics
+
+from .variants import run_name
+
+REPORT_METRICS = ("HR@10", "HR@20", "NDCG@10")
+PROTOCOL_TITLES = {"full": "full ranking", "sampled": "100 sampled negatives"}
+VARIANT_LABELS = {
+    "id": "{X}", "text": "{X}+ (item text)", "teacher": "{X} + teacher rationale (SLIM-)", "slim": "SLIM ({X})",
+    "match": "SLIM (text matching)", "match-step1": "SLIM-Step1", "match-step2": "SLIM-Step2",
+    "match-step3": "SLIM-Step3", "match-teacher": "Teacher rationale (text matching)",
+}
+BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "srgnn": "SRGNN", "none": "-"}
+
+
+# ---------------------------------------------------------------------------------------
+# report.json
+# ---------------------------------------------------------------------------------------
+
+def aggregate(seed_results: Iterable) -> list[dict]:
+    """SeedResults -> report.json ``results`` rows (one per backbone x variant x protocol)."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for r in seed_results:
+        groups.setdefault((r.backbone, r.variant, r.protocol), []).append(r)
+    rows = []
+    for (backbone, variant, protocol), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.seed)
+        rows.append({
+            "backbone": backbone,
+            "variant": variant,
+            "protocol": protocol,
+            "metrics": {m: mean_std([r.metrics[m] for r in rs]) for m in REPORT_METRICS},
+            "seeds": [r.seed for r in rs],
+            "best_epoch": [r.best_epoch for r in rs],
+        })
+    return rows
+
+
+def build_report(dataset: str, split: str, protocols: Sequence[str], user_sample, seed_results) -> dict:
+    return {"dataset": dataset, "split": split, "protocols": list(protocols), "user_sample": user_sample,
+            "results": aggregate(seed_results)}
+
+
+def _find(report: dict, backbone: str, variant: str, protocol: str) -> dict | None:
+    for r in report["results"]:
+        if r["backbone"] == backbone and r["variant"] == variant and r["protocol"] == protocol:
+            return r
+    return None
+
+
+def _rows(report: dict) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    for r in report["results"]:
+        if (r["backbone"], r["variant"]) not in seen:
+            seen.append((r["backbone"], r["variant"]))
+    return seen
+
+
+def fmt(ms: dict | None) -> str:
+    """Fractions -> "mean +- std" x100, like the paper."""
+    if ms is None:
+        return "-"
+    return f"{100 * ms['mean']:.2f} ± {100 * ms['std']:.2f}"
+
+
+def render(header: list[str], rows: list[list[str]], markdown: bool, groups: list[str] | None = None) -> str:
+    """A markdown table, or an aligned text table; ``groups`` is an optional spanning header row (text)."""
+    if markdown:
+        head = [f"{g}: {h}" if g else h for g, h in zip(groups, header)] if groups else header
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    if groups:  # label each run of equal group names once, above its first column
+        cells = [g if g and (i == 0 or groups[i - 1] != g) else "" for i, g in enumerate(groups)]
+        out.insert(0, "  ".join(c.ljust(w) if len(c) <= w else c for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(out)
+
+
+def results_table(report: dict, markdown: bool = False) -> str:
+    """The main table: one row per backbone x variant, HR@10 / HR@20 / NDCG@10 per protocol."""
+    protos = report["protocols"]
+    header = ["backbone", "variant"] + [m for _ in protos for m in REPORT_METRICS]
+    groups = ["", ""] + [PROTOCOL_TITLES[p] for p in protos for _ in REPORT_METRICS]
+    rows = []
+    for backbone, variant in _rows(report):
+        cells = [BACKBONE_LABELS.get(backbone, backbone), variant]
+        for p in protos:
+            r = _find(report, backbone, variant, p)
+            cells += [fmt(r["metrics"][m] if r else None) for m in REPORT_METRICS]
+        rows.append(cells)
+    n_seeds = sorted({len(r["seeds"]) for r in report["results"]})
+    title = (f"{report['dataset']} - {report['split']} split - mean ± std over {'/'.join(map(str, n_seeds))} "
+             f"seed(s), x100 - protocols: " + ", ".join(PROTOCOL_TITLES[p] for p in protos))
+    if report.get("user_sample"):
+        us = report["user_sample"]
+        title += f" - seeded sample of {us['n']} of {us['of']} users (seed {us['seed']})"
+    return title + "\n\n" + render(header, rows, markdown, groups)
+
+
+# ---------------------------------------------------------------------------------------
+# paper table shapes
+# ---------------------------------------------------------------------------------------
+
+def improvement(report: dict, backbone: str, protocol: str, metric: str) -> float | None:
+    """SLIM / max(X, X+) - 1 on the means (None when SLIM or both baselines are missing)."""
+    slim = _find(report, backbone, "slim", protocol)
+    bases = [_find(report, backbone, v, protocol) for v in ("id", "text")]
+    bases = [b["metrics"][metric]["mean"] for b in bases if b]
+    if not slim or not bases or max(bases) <= 0:
+        return None
+    return slim["metrics"][metric]["mean"] / max(bases) - 1
+
+
+def table1(report: dict, protocol: str, markdown: bool = True) -> str | None:
+    """Paper Table 1 shape for one protocol; None when no backbone has more than the plain row."""
+    header = ["Method", *REPORT_METRICS]
+    rows: list[list[str]] = []
+    for backbone in [b for b in ("gru4rec", "sasrec", "srgnn") if any(r["backbone"] == b for r in report["results"])]:
+        present = [v for v in ("id", "text", "teacher", "slim") if _find(report, backbone, v, protocol)]
+        if len(present) < 2:
+            continue
+        label = BACKBONE_LABELS[backbone]
+        for v in present:
+            r = _find(report, backbone, v, protocol)
+            rows.append([VARIANT_LABELS[v].format(X=label), *(fmt(r["metrics"][m]) for m in REPORT_METRICS)])
+        imp = [improvement(report, backbone, protocol, m) for m in REPORT_METRICS]
+        if any(x is not None for x in imp):
+            rows.append(["Improv. (%)", *("-" if x is None else f"{100 * x:+.2f}" for x in imp)])
+    if not rows:
+        return None
+    return (f"Table 1 shape - {report['dataset']}, {report['split']}, {PROTOCOL_TITLES[protocol]} (x100)\n\n"
+            + render(header, rows, markdown))
+
+
+def table2(report: dict, protocol: str, markdown: bool = True) -> str | None:
+    """Paper Table 2 shape (ID-agnostic text matching) for one protocol."""
+    order = ("match-step1", "match-step2", "match-step3", "match-teacher", "match")
+    rows = []
+    for v in order:
+        r = _find(report, "none", v, protocol)
+        if r:
+            rows.append([VARIANT_LABELS[v], *(fmt(r["metrics"][m]) for m in REPORT_METRICS)])
+    if not rows:
+        return None
+    return (f"Table 2 shape - {report['dataset']}, {report['split']}, {PROTOCOL_TITLES[protocol]} (x100)\n\n"
+            + render(["Method", *REPORT_METRICS], rows, markdown))
+
+
+# ---------------------------------------------------------------------------------------
+# per-user analyses (read the .npz files)
+# ---------------------------------------------------------------------------------------
+
+def eval_arrays(layout: RunLayout, report: dict, backbone: str, variant: str, protocol: str) -> list[tuple[dict, dict]]:
+    """(record, arrays) per seed of one report row; seeds whose file is gone are skipped."""
+    row = _find(report, backbone, variant, protocol)
+    out = []
+    for seed in (row["seeds"] if row else []):
+        got = load_npz(layout.eval_file(report["split"], run_name(backbone, variant, seed), protocol))
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def popularity_table(layout: RunLayout, report: dict, backbone: str = "sasrec",
+                     variants: Sequence[str] = ("id", "slim"), markdown: bool = True) -> str | None:
+    """EFD@10 / EPC@10 (paper Table 8; higher = more long-tail) from the full-ranking top-10 lists."""
+    rows = []
+    for v in variants:
+        recs = [rec for rec, _ in eval_arrays(layout, report, backbone, v, "full")]
+        if not recs or "EFD@10" not in recs[0].get("metrics", {}):
+            continue
+        cells = [f"{np.mean([r['metrics'][m] for r in recs]):.4f} ± "
+                 f"{mean_std([r['metrics'][m] for r in recs])['std']:.4f}" for m in ("EFD@10", "EPC@10")]
+        rows.append([VARIANT_LABELS[v].format(X=BACKBONE_LABELS.get(backbone, backbone)), *cells])
+    if not rows:
+        return None
+    return (f"Popularity bias (Table 8 shape) - {report['dataset']}, {report['split']}, full-ranking top-10, "
+            f"relevance = held-out item\n\n" + render(["Method", "EFD@10", "EPC@10"], rows, markdown))
+
+
+def sparsity_groups(layout: RunLayout, report: dict, backbone: str, variant: str, protocol: str = "full",
+                    n_groups: int = 5, metric: str = "NDCG@10") -> dict | None:
+    """Users sorted by history length, cut into ``n_groups`` equal groups; metric mean/std per group.
+
+    Returns {"bounds": [(min_len, max_len)...], "mean": [...], "std": [...]} or None.
+    """
+    runs = eval_arrays(layout, report, backbone, variant, protocol)
+    if not runs:
+        return None
+    lengths = runs[0][1]["history_len"]
+    order = np.argsort(lengths, kind="stable")
+    groups = np.array_split(order, n_groups)
+    per_seed = np.array([[rank_metrics(arr["ranks"][g])[metric] for g in groups] for _, arr in runs])
+    return {
+        "bounds": [(int(lengths[g].min()), int(lengths[g].max())) for g in groups],
+        "mean": per_seed.mean(0).tolist(),
+        "std": (per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(n_groups)).tolist(),
+    }
+
+
+def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ("id", "slim"),
+                  protocol: str = "full", out: Path | None = None, metric: str = "NDCG@10") -> Path | None:
+    """Grouped bars of ``metric`` per user-sparsity group; PNG path, or None if nothing to plot."""
+    data = {v: sparsity_groups(layout, report, backbone, v, protocol, metric=metric) for v in variants}
+    data = {v: d for v, d in data.items() if d}
+    if not data:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bounds = next(iter(data.values()))["bounds"]
+    x = np.arange(len(bounds))
+    width = 0.8 / len(data)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    label = BACKBONE_LABELS.get(backbone, backbone)
+    for i, (v, d) in enumerate(data.items()):
+        ax.bar(x + (i - (len(data) - 1) / 2) * width, np.array(d["mean"]) * 100, width,
+               yerr=np.array(d["std"]) * 100, capsize=3, label=VARIANT_LABELS[v].format(X=label))
+    ax.set_xticks(x, [f"{lo}-{hi}" for lo, hi in bounds])
+    ax.set_xlabel("history length (5 equal user groups, sparse -> dense)")
+    ax.set_ylabel(f"{metric} x100 ({PROTOCOL_TITLES[protocol]})")
+    ax.set_title(f"{report['dataset']} {report['split']}: one model per variant, evaluated per group", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = out or layout.plots_dir / f"sparsity-{report['split']}-{backbone}-{protocol}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------------------
+
+def markdown(layout: RunLayout, report: dict, command: str | None = None, notes: Sequence[str] = ()) -> str:
+    """report.md: the main table, the command, then every issue-4 shape whose variants exist."""
+    parts = [f"# SLIM-Rec report: {report['dataset']} ({report['split']})"]
+    if command:
+        parts.append(f"Produced by:\n\n```\n{command}\n```")
+    parts.append(results_table(report, markdown=True))
+    for p in report["protocols"]:
+        for t in (table1(report, p), table2(report, p)):
+            if t:
+                parts.append(t)
+    pop = popularity_table(layout, report)
+    if pop:
+        parts.append(pop)
+    plot = sparsity_plot(layout, report) if any(r["backbone"] == "sasrec" for r in report["results"]) else None
+    if plot:
+        parts.append(f"User-sparsity groups: ![sparsity]({plot.relative_to(layout.root).as_posix()})")
+    if notes:
+        parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def regenerate(run_dir: str | Path, split: str = "test") -> str:
+    """Rewrite report.md (+ plots) from report.json and the stored per-user files; no refitting."""
+    layout = RunLayout(Path(run_dir))
+    report = read_json(layout.report(split, "json"))
+    if report is None:
+        raise FileNotFoundError(f"{layout.report(split, 'json')}: no report; run python -m slim_eval first")
+    old = layout.report(split, "md")
+    command = None
+    if old.exists():
+        text = old.read_text(encoding="utf-8")
+        if "```\n" in text:
+            command = text.split("```\n", 1)[1].split("\n```", 1)[0]
+    md = markdown(layout, report, command)
+    old.write_text(md, encoding="utf-8")
+    return md

@@ -1,0 +1,83 @@
+"""The variants slim_eval can measure, what each needs, and the command that produces what is missing.
+
+A *variant name* on the command line (``--variants``) maps to a model variant of
+``slim.recommenders`` plus the text it consumes:
+
+==============  ============  =====================  ==========================================
+name            model         user text              paper
+==============  ============  =====================  ==========================================
+id              id            -                      X (GRU4Rec / SASRec / SRGNN)
+text            text          -                      X+ (item-text extension)
+teacher         teacher       teacher rationales     SLIM- (X + teacher rationale)
+slim            slim          student rationales     SLIM (X)
+match           match         student, all 3 steps   Table 2 "SLIM" (text matching, no backbone)
+match-stepK     match         student, step K only   Table 2 "SLIM-StepK"
+match-teacher   match         teacher, all 3 steps   Table 2 teacher row
+==============  ============  =====================  ==========================================
+
+``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
+``--backbones`` says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
+                 "match-teacher")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    model_variant: str  # slim.recommenders variant
+    rationales: str | None = None  # "teacher" | "student" | None
+    step: int | None = None  # 1..3: only that step of the rationale; None: all steps
+    tag: str = ""  # FitConfig.tag: keeps checkpoint names of same-model variants apart
+
+    @property
+    def has_backbone(self) -> bool:
+        return self.model_variant != "match"
+
+    @property
+    def needs_item_text(self) -> bool:
+        return self.model_variant != "id"
+
+
+def spec(name: str) -> VariantSpec:
+    """``--variants`` entry -> what to fit; raises ValueError naming the valid choices."""
+    if name == "id":
+        return VariantSpec("id", "id")
+    if name == "text":
+        return VariantSpec("text", "text")
+    if name == "teacher":
+        return VariantSpec("teacher", "teacher", rationales="teacher")
+    if name == "slim":
+        return VariantSpec("slim", "slim", rationales="student")
+    if name == "match":
+        return VariantSpec("match", "match", rationales="student")
+    if name == "match-teacher":
+        return VariantSpec("match-teacher", "match", rationales="teacher", tag="teacher")
+    if name.startswith("match-step") and name[-1] in "123" and len(name) == len("match-step1"):
+        k = int(name[-1])
+        return VariantSpec(name, "match", rationales="student", step=k, tag=f"step{k}")
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANT_NAMES)}")
+
+
+def producer_command(rationales: str, dataset: str, out: str | None = None) -> str:
+    """The slim_train command that writes ``rationales/<teacher|student>.jsonl`` for every user.
+
+    Both splits are needed: the valid rationale (written from seq[:-2]) trains and selects the
+    model, the test one (from seq[:-1]) scores the test target.
+    """
+    out_flag = f" --out {out}" if out else ""
+    if rationales == "teacher":
+        return f"python -m slim_train teach --dataset {dataset} --splits valid,test{out_flag}"
+    return f"python -m slim_train reason --dataset {dataset} --splits valid,test{out_flag}"
+
+
+def run_name(backbone: str, variant: str, seed: int) -> str:
+    """Same name ``FitConfig.name`` gives the checkpoint (minus its key hash) and the eval files."""
+    s = spec(variant)
+    bb = backbone if s.has_backbone else "none"
+    tag = f"-{s.tag}" if s.tag else ""
+    return f"{bb}-{s.model_variant}{tag}-seed{seed}"
