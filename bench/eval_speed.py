@@ -1,0 +1,77 @@
+"""How much does `slim.metrics.evaluate` cost on top of scoring?
+
+Scores all 50,546 users of amazon-video-games against all 16,859 items with a random-embedding
+dot-product scorer (dim 64), then reports the time of ``evaluate(..., protocol="full")`` as a
+ratio to the bare work any evaluation must do: the score matmul + a top-k over the same users
+and batches, measured in the same run (goal: <= 3x). A ratio, not seconds, because the box is
+shared and absolute times drift.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/eval_speed.py [--repeats 3] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from slim.data import load_dataset  # noqa: E402
+from slim.metrics import evaluate  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="amazon-video-games")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N for each side")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ds = load_dataset(args.dataset)
+    g = torch.Generator().manual_seed(0)
+    user_emb = torch.randn(ds.n_users, args.dim, generator=g)
+    item_emb = torch.randn(ds.n_items + 1, args.dim, generator=g)
+    users = np.arange(ds.n_users)
+
+    def score(u: torch.Tensor, split: str) -> torch.Tensor:
+        return user_emb[u] @ item_emb.T
+
+    def bare() -> None:
+        with torch.no_grad():
+            for lo in range(0, ds.n_users, args.batch_size):
+                u = torch.as_tensor(users[lo : lo + args.batch_size])
+                score(u, "test").topk(20, dim=1)
+
+    def full() -> dict:
+        return evaluate(score, ds, "test", "full", batch_size=args.batch_size)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    bare()  # warm-up (allocator, kernels)
+    t_bare, t_full = best(bare), best(full)
+    metrics = full()
+    print(f"dataset {ds.name}: {ds.n_users:,} users x {ds.n_items:,} items, dim {args.dim}, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} thread(s), best of {args.repeats}")
+    print(f"bare matmul + topk(20):   {t_bare:7.2f} s")
+    print(f"evaluate(full):           {t_full:7.2f} s   (HR@10 {metrics['HR@10']:.4f}, random scorer)")
+    ratio = t_full / t_bare
+    print(f"ratio evaluate/bare:      {ratio:7.2f}x   goal <= 3x: {'PASS' if ratio <= 3 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
