@@ -1,0 +1,480 @@
+"""A visitor's own history: an uploaded CSV/JSON/JSONL file, pasted titles or picked titles -> items.
+
+Why this lives in ``slim/`` and not in ``app.py``: every rule here (what a valid upload is, how a
+title is matched to the catalogue, how long a history may be) is domain logic that the API, the
+browser UI and the tests must agree on, and it must be testable without a web server.
+
+Accepted inputs (the page documents the same):
+
+* CSV with a header row; required column ``title``; optional ``timestamp`` (Unix seconds or an ISO
+  date, rows are then sorted oldest first; without it the file order is the order). Other columns
+  are ignored with a notice. Header names are matched case-insensitively.
+* JSON: a list of titles, a list of objects with ``title`` (+ ``timestamp``), or an object with a
+  ``titles``/``history``/``items`` list. JSONL: one such object or string per line.
+* Pasted text: one title per line, oldest first.
+
+Matching to the catalogue (``Catalogue.match``): titles are normalised (casefold, NFKC, a trailing
+"(1995)" year removed, "Usual Suspects, The" == "The Usual Suspects", punctuation dropped) and
+looked up exactly; failing that, the closest catalogue title by rapidfuzz ``token_sort_ratio`` is
+taken when its score is >= ``FUZZY_THRESHOLD`` (88 of 100: typos and word order pass, "Star" does
+not become "Star Wars"). Unmatched rows are dropped with a reason, never guessed.
+
+Prompt injection: only *catalogue* titles of matched items ever reach a prompt (the visitor's text
+is used for lookup only), and ``slim.prompts`` sanitises and fences titles as data on top of that.
+A row like "Ignore previous instructions..." simply fails to match and is listed as dropped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from .prompts import DEFAULT_MAX_HISTORY
+
+MAX_UPLOAD_BYTES = 1_000_000  # 1 MB: ~20k titles; anything bigger is not a personal history
+MAX_ROWS = 5_000  # rows read before matching (cost bound for fuzzy matching)
+MIN_HISTORY = 3  # fewer recognised items give the reasoner nothing to generalise from
+MAX_HISTORY = DEFAULT_MAX_HISTORY  # the prompt shows the most recent 20; longer histories are truncated
+FUZZY_THRESHOLD = 88.0  # rapidfuzz token_sort_ratio on normalised titles, 0-100
+MAX_QUERY_CHARS = 300  # a "title" longer than this is not a title
+TEMPLATE_COLUMNS = ("title", "timestamp")
+TITLE_COLUMN_ALIASES = ("title", "titles", "item", "item_title", "name", "movie_title", "movie", "game")
+
+
+class UploadError(ValueError):
+    """An input that cannot become a history; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class MatchedItem:
+    row: int  # 1-based row/line of the input (header = line 1 for CSV)
+    query: str  # what the visitor wrote
+    item_idx: int
+    title: str  # the catalogue's title (the only text that reaches a prompt)
+    how: str  # "exact" | "fuzzy" | "picked"
+    score: float  # 100 for exact
+
+
+@dataclass(frozen=True)
+class DroppedRow:
+    row: int
+    text: str
+    reason: str
+
+
+@dataclass
+class History:
+    """The result of parsing + matching: items oldest first, plus everything the UI must show."""
+
+    items: list[MatchedItem]
+    dropped: list[DroppedRow] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def item_idx(self) -> list[int]:
+        return [m.item_idx for m in self.items]
+
+    @property
+    def titles(self) -> list[str]:
+        return [m.title for m in self.items]
+
+    def matched_table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"#": n, "you wrote": _short(m.query), "matched title": m.title, "how": m.how, "score": round(m.score, 1)}
+             for n, m in enumerate(self.items, 1)],
+            columns=["#", "you wrote", "matched title", "how", "score"],
+        )
+
+    def dropped_table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"row": d.row, "text": _short(d.text), "reason": d.reason} for d in self.dropped],
+            columns=["row", "text", "reason"],
+        )
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------
+# normalisation and the catalogue
+# ---------------------------------------------------------------------------------------
+_YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*[-–]\s*\d{0,4})\)\s*$")
+_ARTICLE_SUFFIX = re.compile(r"^(.*),\s*(the|a|an|les|la|le|il|el|der|die|das|l')$", re.IGNORECASE)
+_NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def normalise_title(title: str) -> str:
+    """Key used for matching: casefolded, year and article inversion removed, punctuation dropped."""
+    t = unicodedata.normalize("NFKC", str(title)).strip()
+    t = _YEAR.sub("", t).strip()
+    m = _ARTICLE_SUFFIX.match(t)
+    if m:  # "Usual Suspects, The" -> "The Usual Suspects"
+        t = f"{m.group(2)} {m.group(1)}"
+    t = _NON_WORD.sub(" ", t.casefold())
+    return re.sub(r"\s+", " ", t).strip()
+
+
+class Catalogue:
+    """The dataset's items as a lookup table: normalised title -> item index (first one wins)."""
+
+    def __init__(self, titles: Sequence[str], item_idx: Sequence[int]):
+        self.titles = [str(t) for t in titles]
+        self.item_idx = [int(i) for i in item_idx]
+        self.keys = [normalise_title(t) for t in self.titles]
+        self._exact: dict[str, int] = {}
+        for pos, k in enumerate(self.keys):
+            if k:
+                self._exact.setdefault(k, pos)
+        self._by_idx = {i: t for i, t in zip(self.item_idx, self.titles)}
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> "Catalogue":
+        """``dataset``: a slim.data.SequentialDataset (items indexed by item_idx, column title)."""
+        return cls(dataset.items["title"].astype(str).tolist(), dataset.items.index.tolist())
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def title_of(self, item_idx: int) -> str:
+        return self._by_idx[int(item_idx)]
+
+    def match(self, query: str) -> tuple[int, str, str, float] | None:
+        """``(item_idx, catalogue title, "exact"|"fuzzy", score)`` or None when nothing is close."""
+        key = normalise_title(query)
+        if not key:
+            return None
+        pos = self._exact.get(key)
+        if pos is not None:
+            return self.item_idx[pos], self.titles[pos], "exact", 100.0
+        from rapidfuzz import fuzz, process
+
+        best = process.extractOne(key, self.keys, scorer=fuzz.token_sort_ratio, score_cutoff=FUZZY_THRESHOLD)
+        if best is None:
+            return None
+        _, score, pos = best
+        return self.item_idx[pos], self.titles[pos], "fuzzy", float(score)
+
+    def choices(self) -> list[str]:
+        """Labels for a searchable multiselect: the title, made unique with the item index if needed."""
+        seen: dict[str, int] = {}
+        for t in self.titles:
+            seen[t] = seen.get(t, 0) + 1
+        return [t if seen[t] == 1 else f"{t} [#{i}]" for t, i in zip(self.titles, self.item_idx)]
+
+    def from_choice(self, label: str) -> int | None:
+        m = re.search(r" \[#(\d+)\]$", label)
+        if m and int(m.group(1)) in self._by_idx:
+            return int(m.group(1))
+        pos = self._exact.get(normalise_title(label))
+        return self.item_idx[pos] if pos is not None else None
+
+
+# ---------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------
+
+def decode_bytes(raw: bytes, notices: list[str]) -> str:
+    """UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1 with a notice."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UploadError("The file starts like UTF-16 but is not valid UTF-16. Fix: save it as UTF-8 CSV.") from None
+    if b"\x00" in raw[:4096]:
+        raise UploadError("This looks like a binary file (for example an Excel .xlsx), not text. "
+                          "Fix: export it as CSV (UTF-8) with a 'title' column, or use the template.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        notices.append("The file is not UTF-8; it was read as Latin-1. Accented titles may look wrong: "
+                       "save it as UTF-8 to be sure.")
+        return raw.decode("latin-1")
+
+
+def _timestamp(value: Any) -> float | None:
+    """Unix seconds or an ISO date -> float seconds; None when blank or unreadable."""
+    if value is None:
+        return None
+    s = str(value).strip()
+    if not s:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+Row = tuple[int, str, float | None]  # (line, title text, timestamp)
+
+
+def _rows_from_records(records: list[Any], first_line: int, notices: list[str], one_per_line: bool) -> list[Row]:
+    rows: list[Row] = []
+    extra: set[str] = set()
+    for n, rec in enumerate(records):
+        line = first_line + n if one_per_line else n + 1
+        if isinstance(rec, str):
+            rows.append((line, rec, None))
+        elif isinstance(rec, dict):
+            keys = {str(k).strip().lower(): k for k in rec}
+            col = next((keys[a] for a in TITLE_COLUMN_ALIASES if a in keys), None)
+            if col is None:
+                raise UploadError(f"Record {line} has no 'title' field (fields: {sorted(map(str, rec))[:8]}). "
+                                  "Fix: give every record a \"title\".")
+            extra |= {str(k) for k in rec if k != col and str(k).strip().lower() != "timestamp"}
+            ts = rec.get(keys["timestamp"]) if "timestamp" in keys else None
+            rows.append((line, "" if rec[col] is None else str(rec[col]), _timestamp(ts)))
+        else:
+            raise UploadError(f"Record {line} is {type(rec).__name__}, not a title or an object with a title. "
+                              "Fix: use [\"Title 1\", \"Title 2\"] or [{\"title\": \"Title 1\"}, ...].")
+    if extra:
+        notices.append(f"Ignored field(s) {sorted(extra)[:8]}: only 'title' and 'timestamp' are used.")
+    return rows
+
+
+def _parse_json(text: str, notices: list[str]) -> list[Row]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UploadError(f"Invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+                          "Fix: a JSON list of titles, or one JSON object per line (.jsonl).") from None
+    if isinstance(data, dict):
+        key = next((k for k in ("titles", "history", "items") if isinstance(data.get(k), list)), None)
+        if key is None:
+            raise UploadError("The JSON object has no 'titles' (or 'history'/'items') list. "
+                              "Fix: {\"titles\": [\"Title 1\", ...]} or a plain list.")
+        data = data[key]
+    if not isinstance(data, list):
+        raise UploadError("The JSON must be a list of titles or of objects with a 'title'.")
+    return _rows_from_records(data, 1, notices, one_per_line=False)
+
+
+def _parse_jsonl(text: str, notices: list[str]) -> list[Row]:
+    records, lines = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UploadError(f"Line {n}: invalid JSON ({e.msg}). Fix: one JSON object per line, "
+                              "e.g. {\"title\": \"Toy Story\"}.") from None
+        lines.append(n)
+    rows = _rows_from_records(records, 1, notices, one_per_line=True)
+    return [(lines[k], t, ts) for k, (_, t, ts) in enumerate(rows)]
+
+
+def _parse_csv(text: str, notices: list[str]) -> list[Row]:
+    first = text.split("\n", 1)[0]  # the delimiter is the one the header uses (sniffing titles misleads)
+    delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UploadError("The file is empty. Fix: a header row 'title' and one title per row.") from None
+    except csv.Error as e:
+        raise UploadError(f"Could not read the CSV header ({e}).") from None
+    names = [h.strip().lstrip("\ufeff").lower() for h in header]
+    col = next((names.index(a) for a in TITLE_COLUMN_ALIASES if a in names), None)
+    if col is None:
+        shown = [h for h in header if h.strip()][:8]
+        raise UploadError(f"Missing column 'title' in the header (found {shown or 'no header'}). "
+                          "Fix: the first row must be a header with a 'title' column; download the template.")
+    ts_col = names.index("timestamp") if "timestamp" in names else None
+    extra = [h for k, h in enumerate(header) if k not in (col, ts_col) and h.strip()]
+    if extra:
+        notices.append(f"Ignored column(s) {extra[:8]}: only 'title' and 'timestamp' are used.")
+    rows: list[Row] = []
+    ragged: list[int] = []
+    try:
+        for n, rec in enumerate(reader, 2):
+            if not any(c.strip() for c in rec):
+                continue
+            if len(rec) > len(header):
+                ragged.append(n)
+            if len(header) == 1:  # a one-column file: an unquoted comma belongs to the title
+                title = delimiter.join(rec)
+            else:
+                title = rec[col] if col < len(rec) else ""
+            ts = _timestamp(rec[ts_col]) if ts_col is not None and ts_col < len(rec) else None
+            rows.append((n, title, ts))
+            if len(rows) > MAX_ROWS:
+                break
+    except csv.Error as e:
+        raise UploadError(f"Malformed CSV near line {reader.line_num}: {e}. "
+                          "Fix: quote titles that contain commas or line breaks, e.g. \"Toy Story, The\".") from None
+    if ragged and len(header) > 1:
+        notices.append(f"Row(s) {ragged[:5]} have more fields than the header: quote titles that contain "
+                       f"'{delimiter}' (e.g. \"Usual Suspects, The\").")
+    return rows
+
+
+def parse_text(text: str, suffix: str = ".csv", notices: list[str] | None = None) -> list[Row]:
+    """File text -> rows (line, title, timestamp) in chronological order; raises UploadError."""
+    notices = notices if notices is not None else []
+    if not text.strip():
+        raise UploadError("The file is empty. Fix: a header row 'title' and one title per row (see the template).")
+    suffix = suffix.lower()
+    stripped = text.lstrip()
+    if suffix == ".jsonl" or (suffix not in (".json", ".csv", ".tsv", ".txt") and stripped.startswith("{")
+                              and "\n{" in stripped):
+        rows = _parse_jsonl(text, notices)
+    elif suffix == ".json" or (suffix != ".csv" and stripped[:1] in "[{"):
+        rows = _parse_json(text, notices)
+    elif suffix == ".txt":
+        rows = pasted_rows(text)
+    else:
+        rows = _parse_csv(text, notices)
+    if len(rows) > MAX_ROWS:
+        notices.append(f"Only the first {MAX_ROWS} rows were read.")
+        rows = rows[:MAX_ROWS]
+    if not rows:
+        raise UploadError("The file has a header but no titles. Fix: add one title per row below the header.")
+    with_ts = [r for r in rows if r[2] is not None]
+    if with_ts and len(with_ts) == len(rows):
+        rows = sorted(rows, key=lambda r: r[2])  # stable: equal timestamps keep file order
+    elif with_ts:
+        notices.append("Some rows have no readable timestamp, so the file order was used for all rows.")
+    return rows
+
+
+def pasted_rows(text: str) -> list[Row]:
+    """One title per line, oldest first; blank lines skipped."""
+    return [(n, line, None) for n, line in enumerate(str(text).splitlines(), 1) if line.strip()]
+
+
+def read_upload(path: str | Path, notices: list[str] | None = None) -> list[Row]:
+    """An uploaded file -> rows; size, encoding and format are checked here."""
+    path = Path(path)
+    notices = notices if notices is not None else []
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise UploadError("The uploaded file could not be read; please upload it again.") from None
+    if size > MAX_UPLOAD_BYTES:
+        raise UploadError(f"The file is {size / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB. "
+                          f"Fix: keep the most recent titles (only the last {MAX_HISTORY} are used anyway).")
+    if path.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl", ".txt"):
+        raise UploadError(f"Unsupported file type '{path.suffix or '(none)'}'. Fix: upload .csv, .json or .jsonl "
+                          "(or paste titles one per line).")
+    text = decode_bytes(path.read_bytes(), notices)
+    return parse_text(text, path.suffix, notices)
+
+
+# ---------------------------------------------------------------------------------------
+# rows -> history
+# ---------------------------------------------------------------------------------------
+
+def match_rows(rows: Iterable[Row], catalogue: Catalogue, notices: list[str] | None = None,
+               min_history: int = MIN_HISTORY, max_history: int = MAX_HISTORY) -> History:
+    """Match each row to the catalogue, drop what cannot be used (with a reason), bound the length."""
+    notices = notices if notices is not None else []
+    items: list[MatchedItem] = []
+    dropped: list[DroppedRow] = []
+    seen: dict[int, int] = {}
+    for line, text, _ in rows:
+        q = str(text).strip()
+        if not q:
+            dropped.append(DroppedRow(line, "", "empty title"))
+            continue
+        if len(q) > MAX_QUERY_CHARS:
+            dropped.append(DroppedRow(line, q, f"longer than {MAX_QUERY_CHARS} characters: not a title"))
+            continue
+        hit = catalogue.match(q)
+        if hit is None:
+            dropped.append(DroppedRow(line, q, f"not in the catalogue (no title scored >= {FUZZY_THRESHOLD:.0f}/100)"))
+            continue
+        idx, title, how, score = hit
+        if idx in seen:
+            dropped.append(DroppedRow(line, q, f"duplicate of row {seen[idx]} ({title})"))
+            continue
+        seen[idx] = line
+        items.append(MatchedItem(line, q, idx, title, how, score))
+    return _bound(History(items, dropped, notices), min_history, max_history)
+
+
+def _bound(h: History, min_history: int, max_history: int) -> History:
+    if len(h.items) < min_history:
+        why = f" ({len(h.dropped)} row(s) dropped: see the list)" if h.dropped else ""
+        examples = "; ".join(f"row {d.row}: {_short(d.text, 40)!r} {d.reason}" for d in h.dropped[:3])
+        raise UploadError(
+            f"Only {len(h.items)} title(s) matched the catalogue{why}; at least {min_history} are needed. "
+            + (f"Dropped: {examples}. " if examples else "")
+            + "Fix: use titles as they appear in the catalogue (the multiselect lists them).",
+        )
+    if len(h.items) > max_history:
+        cut = len(h.items) - max_history
+        h.notices.append(f"The history has {len(h.items)} items; only the most recent {max_history} are used "
+                         f"({cut} older item(s) left out).")
+        h.items = h.items[-max_history:]
+    return h
+
+
+def history_from_file(path: str | Path, catalogue: Catalogue) -> History:
+    notices: list[str] = []
+    return match_rows(read_upload(path, notices), catalogue, notices)
+
+
+def history_from_text(text: str, catalogue: Catalogue) -> History:
+    if not str(text or "").strip():
+        raise UploadError("No titles were pasted. Fix: paste one title per line, oldest first.")
+    if len(text.encode("utf-8", "replace")) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"The pasted text is longer than {MAX_UPLOAD_BYTES / 1e6:.0f} MB.")
+    return match_rows(pasted_rows(text), catalogue)
+
+
+def history_from_titles(titles: Sequence[str], catalogue: Catalogue) -> History:
+    """A list of titles (the API's form, or the multiselect's labels), oldest first."""
+    if isinstance(titles, str):
+        return history_from_text(titles, catalogue)
+    titles = [str(t) for t in (titles or [])]
+    if not titles:
+        raise UploadError("No titles given. Fix: pick or paste at least "
+                          f"{MIN_HISTORY} titles, oldest first.")
+    rows: list[Row] = []
+    picked: list[MatchedItem] = []
+    for n, t in enumerate(titles[:MAX_ROWS], 1):
+        idx = catalogue.from_choice(t)
+        if idx is not None:
+            picked.append(MatchedItem(n, t, idx, catalogue.title_of(idx), "exact", 100.0))
+        rows.append((n, t, None))
+    if len(picked) == len(titles):  # every label is a catalogue choice: no fuzzy pass needed
+        return _bound(History(_dedupe(picked)), MIN_HISTORY, MAX_HISTORY)
+    return match_rows(rows, catalogue)
+
+
+def _dedupe(items: list[MatchedItem]) -> list[MatchedItem]:
+    seen: set[int] = set()
+    out = []
+    for m in items:
+        if m.item_idx not in seen:
+            seen.add(m.item_idx)
+            out.append(m)
+    return out
+
+
+def write_template(path: str | Path, examples: Sequence[tuple[str, str]] | None = None) -> Path:
+    """The downloadable template: header ``title,timestamp`` and a few ML-100K rows."""
+    path = Path(path)
+    examples = examples or [("Toy Story", "2024-01-05"), ("GoldenEye", "2024-01-09"),
+                            ("Usual Suspects, The", "2024-02-01"), ("Star Wars", "2024-02-14"),
+                            ("Fargo", "2024-03-02")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TEMPLATE_COLUMNS)
+        w.writerows(examples)
+    return path
