@@ -282,7 +282,7 @@ def top_k(
         scores = _scores(score_fn, dataset, batch, split).clone()  # clone: we mask in place
         rows, items = _history_index(dataset, batch, split)
         scores[:, 0] = -torch.inf
-        scores[torch.as_tensor(rows), torch.as_tensor(items)] = -torch.inf
+        scores[torch.as_tensor(rows, device=scores.device), torch.as_tensor(items, device=scores.device)] = -torch.inf
         out[lo : lo + len(batch)] = scores.topk(k, dim=1).indices.cpu().numpy()
     return out
 
