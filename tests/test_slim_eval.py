@@ -1,0 +1,223 @@
+"""slim_eval end to end on a real slice of ML-100K (60 seeded users, 2 epochs), plus its pure helpers.
+
+The CLI is driven through ``slim_eval.__main__.main(argv)`` (the same code path as
+``python -m slim_eval``, without paying for a second interpreter start). Every run writes into a
+tmp ``--out``; nothing touches runs/.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slim.artifacts import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
+from slim_eval.__main__ import main
+from slim_eval.inputs import rationale_text
+from slim_eval.report import improvement, regenerate, sparsity_groups, table1, table2
+from slim_eval.variants import run_name, spec
+
+BASE = ["--dataset", "ml-100k", "--users", "60", "--epochs", "2", "--seeds", "2", "--backbones", "sasrec",
+        "--no-progress"]
+METRICS = {"HR@10", "HR@20", "NDCG@10"}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir):
+    """One real run: id + text fitted, teacher + slim reported missing."""
+    out = tmp_path_factory.mktemp("eval")
+    t0 = time.perf_counter()
+    report = main([*BASE, "--variants", "id,text,teacher,slim", "--out", str(out), "--split", "test"])
+    return out, report, time.perf_counter() - t0
+
+
+def checkpoint_state(out: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in (out / "checkpoints").glob("*/model.safetensors")}
+
+
+def test_report_json_schema(first_run):
+    out, report, _ = first_run
+    on_disk = read_json(out / "report.json")
+    assert on_disk == report
+    assert set(on_disk) == {"dataset", "split", "protocols", "user_sample", "results"}
+    assert on_disk["dataset"] == "ml-100k" and on_disk["split"] == "test"
+    assert on_disk["protocols"] == ["full", "sampled"]
+    assert on_disk["user_sample"] == {"n": 60, "of": 943, "seed": 0}
+    keys = {(r["backbone"], r["variant"], r["protocol"]) for r in on_disk["results"]}
+    assert keys == {("sasrec", v, p) for v in ("id", "text") for p in ("full", "sampled")}
+    for r in on_disk["results"]:
+        assert set(r) == {"backbone", "variant", "protocol", "metrics", "seeds", "best_epoch"}
+        assert set(r["metrics"]) == METRICS
+        for ms in r["metrics"].values():
+            assert set(ms) == {"mean", "std"}
+            assert 0.0 <= ms["mean"] <= 1.0 and ms["std"] >= 0.0  # fractions, not x100
+        assert r["seeds"] == [0, 1]
+        assert len(r["best_epoch"]) == 2 and all(1 <= e <= 2 for e in r["best_epoch"])
+    # sampled ranking among 101 candidates is never harder than ranking among all items
+    for v in ("id", "text"):
+        full = next(r for r in on_disk["results"] if r["variant"] == v and r["protocol"] == "full")
+        samp = next(r for r in on_disk["results"] if r["variant"] == v and r["protocol"] == "sampled")
+        assert samp["metrics"]["HR@10"]["mean"] >= full["metrics"]["HR@10"]["mean"]
+
+
+def test_report_md_and_per_user_files(first_run):
+    out, report, _ = first_run
+    md = (out / "report.md").read_text()
+    assert "python -m slim_eval" in md and "--users 60" in md
+    assert "full ranking" in md and "100 sampled negatives" in md
+    assert "± " in md
+    layout = RunLayout(out)
+    for v in ("id", "text"):
+        for seed in (0, 1):
+            rec, arr = load_npz(layout.eval_file("test", run_name("sasrec", v, seed), "full"))
+            assert arr["ranks"].shape == (60,) and arr["ranks"].min() >= 1
+            assert arr["topk"].shape == (60, 10)
+            assert {"EPC@10", "EFD@10"} <= set(rec["metrics"])
+            # stored ranks reproduce the reported metric
+            assert rec["metrics"]["HR@10"] == pytest.approx(float((arr["ranks"] <= 10).mean()))
+    # the Table-1 shape has X and X+ rows but no Improv. without SLIM
+    t1 = table1(report, "sampled")
+    assert "SASRec+ (item text)" in t1 and "Improv." not in t1
+    assert table2(report, "full") is None
+
+
+def test_missing_variants_name_their_command(first_run, capsys, tmp_path):
+    out = tmp_path / "missing"
+    main([*BASE, "--variants", "teacher,slim,match-step2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "skipped teacher" in text and "python -m slim_train teach --dataset ml-100k" in text
+    assert "skipped slim" in text and "python -m slim_train reason --dataset ml-100k" in text
+    assert "skipped match-step2" in text
+    assert "nothing was measured" in text
+    md = (first_run[0] / "report.md").read_text()
+    assert "python -m slim_train teach" in md  # the first run's skips are recorded in its report
+
+
+def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys):
+    out, report, first_seconds = first_run
+    before = checkpoint_state(out)
+    assert len(before) == 4  # id + text, 2 seeds
+    t0 = time.perf_counter()
+    again = main([*BASE, "--variants", "id,text", "--out", str(out), "--split", "test"])
+    seconds = time.perf_counter() - t0
+    assert checkpoint_state(out) == before  # nothing retrained
+    assert again["results"] == report["results"]  # identical numbers
+    assert capsys.readouterr().out.count("(reused)") == 8  # 4 models x 2 protocols
+    assert seconds < first_seconds
+
+
+def test_valid_split_reuses_checkpoints(first_run):
+    out, test_report, _ = first_run
+    before = checkpoint_state(out)
+    valid = main([*BASE, "--variants", "id,text", "--out", str(out), "--split", "valid", "--protocol", "full"])
+    assert checkpoint_state(out) == before
+    assert valid["split"] == "valid" and valid["protocols"] == ["full"]
+    assert (out / "report-valid.json").exists() and read_json(out / "report.json") == test_report
+    # valid metrics from the stored ranks equal the checkpoint's own early-stopping record
+    ckpt = next((out / "checkpoints").glob("sasrec-id-seed0-*"))
+    rec = json.loads((ckpt / "config.json").read_text())
+    row = next(r for r in valid["results"] if r["variant"] == "id")
+    _, arr = load_npz(RunLayout(out).eval_file("valid", "sasrec-id-seed0", "full"))
+    assert float((arr["ranks"] <= 10).mean()) == pytest.approx(rec["valid_metrics"]["HR@10"])
+    assert row["best_epoch"][0] == rec["best_epoch"]
+
+
+def test_regenerate_without_refit(first_run):
+    out, report, _ = first_run
+    before = checkpoint_state(out)
+    md = regenerate(out)
+    assert "Popularity bias" in md and "EFD@10" in md
+    assert (out / "plots" / "sparsity-test-sasrec-full.png").stat().st_size > 1000
+    groups = sparsity_groups(RunLayout(out), report, "sasrec", "id")
+    assert len(groups["bounds"]) == 5 and groups["bounds"][0][0] <= groups["bounds"][-1][0]
+    assert checkpoint_state(out) == before
+
+
+def _write_rationales(path: Path, user_ids, coverage: float) -> None:
+    rows = []
+    for k, uid in enumerate(user_ids):
+        if k >= coverage * len(user_ids):
+            break
+        for split in ("valid", "test"):
+            steps = [f"likes drama {k}", "Drama, Romance", "Titanic (1997)"]
+            rows.append({"user_id": str(uid), "user_idx": k, "split": split, "rationale": "\n".join(steps),
+                         "steps": steps, "status": "ok"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_rationale_variants_fit_and_low_coverage_is_refused(first_run, tmp_path, capsys, data_dir):
+    import shutil
+
+    from slim.data import load_dataset, sample_users
+
+    ds = load_dataset("ml-100k")
+    ids = ds.user_ids[sample_users(ds, 60, seed=0)]
+    out = tmp_path / "rat"
+    shutil.copytree(first_run[0] / "text-cache", RunLayout(out).text_cache_dir)  # item vectors: encoded once
+    _write_rationales(RunLayout(out).rationales("student"), ids, coverage=1.0)
+    _write_rationales(RunLayout(out).rationales("teacher"), ids, coverage=0.5)
+    report = main([*BASE, "--seeds", "1", "--epochs", "1", "--variants", "slim,match-step3,teacher",
+                   "--out", str(out), "--protocol", "sampled"])
+    text = capsys.readouterr().out
+    assert "skipped teacher" in text and "50.0%" in text
+    keys = {(r["backbone"], r["variant"]) for r in report["results"]}
+    assert keys == {("sasrec", "slim"), ("none", "match-step3")}
+    assert "SLIM-Step3" in table2(report, "sampled")
+
+
+# ---- pure helpers ----------------------------------------------------------------------------
+
+def test_variant_specs_and_names():
+    assert spec("match-step2").step == 2 and not spec("match-step2").has_backbone
+    assert spec("teacher").rationales == "teacher" and spec("slim").rationales == "student"
+    assert run_name("gru4rec", "match-teacher", 3) == "none-match-teacher-seed3"
+    assert run_name("srgnn", "text", 0) == "srgnn-text-seed0"
+    with pytest.raises(ValueError, match="match-step1"):
+        spec("match-step4")
+
+
+def test_rationale_text_rules():
+    ok = {"status": "ok", "steps": ["a", "b", "c"], "rationale": "raw"}
+    assert rationale_text(ok) == "a\nb\nc"
+    assert rationale_text(ok, step=2) == "b"
+    assert rationale_text({"status": "ok", "steps": None, "rationale": " raw "}) == "raw"
+    assert rationale_text({"status": "rejected: no steps", "steps": None, "rationale": "x"}) is None
+
+
+def test_improvement_is_slim_over_best_baseline():
+    def row(v, m):
+        return {"backbone": "sasrec", "variant": v, "protocol": "sampled",
+                "metrics": {k: {"mean": m, "std": 0.0} for k in METRICS}, "seeds": [0], "best_epoch": [1]}
+    report = {"dataset": "d", "split": "test", "protocols": ["sampled"], "user_sample": None,
+              "results": [row("id", 0.2273), row("text", 0.2746), row("teacher", 0.3158), row("slim", 0.3143)]}
+    # paper Table 1, SASRec on Games, NDCG@10: Improv. 14.46%
+    assert improvement(report, "sasrec", "sampled", "NDCG@10") == pytest.approx(0.1446, abs=5e-4)
+    t = table1(report, "sampled")
+    assert "Improv. (%)" in t and "+14.46" in t and "SLIM (SASRec)" in t
+
+
+def test_provenance_records_round_trip(tmp_path):
+    key = {"checkpoint": "x-1", "split": "test", "negatives": {"n": 100, "seed": 0}}
+    rec = make_record(key, metrics={"HR@10": 0.5})
+    assert matches(rec, key) and not matches(rec, {**key, "split": "valid"})
+    assert mismatch(rec, {**key, "split": "valid"}) == ["split"]
+    assert not matches(None, key)
+    path = tmp_path / "a.npz"
+    save_npz(path, rec, ranks=np.arange(1, 4), user_ids=np.array(["u1", "u2", "u3"]))
+    got_rec, arrays = load_npz(path)
+    assert matches(got_rec, key) and arrays["ranks"].tolist() == [1, 2, 3]
+    assert arrays["user_ids"].tolist() == ["u1", "u2", "u3"]
+    assert load_npz(tmp_path / "missing.npz") is None
+
+
+def test_layout_paths():
+    lay = RunLayout.for_dataset("custom:a.csv,b.csv")
+    assert lay.root == Path("runs/custom-a.csv_b.csv")
+    lay = RunLayout(Path("/r"))
+    assert lay.rationales("student") == Path("/r/rationales/student.jsonl")
+    assert lay.report("test") == Path("/r/report.json") and lay.report("valid", "md") == Path("/r/report-valid.md")
+    assert lay.eval_file("test", "sasrec-id-seed0", "full") == Path("/r/eval/test/sasrec-id-seed0-full.npz")
+    assert lay.checkpoints_dir == Path("/r/checkpoints")
