@@ -83,17 +83,23 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     t0 = time.time()
     protocols = PROTOCOL_CHOICES[args.protocol]
-    seed_results, notes = run_grid(args, layout, dataset, protocols)
+    cmd = command_line(argv)
+
+    def write(results, notes, final: bool = False) -> dict:
+        report = build_report(dataset.name, args.split, protocols, user_sample, results)
+        write_json(layout.report(args.split, "json"), report)
+        status = "" if final else " (in progress: the grid is still running)"
+        extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "
+                 f"({sum(r.reused for r in results)} of {len(results)} measurements reused)"]
+        layout.report(args.split, "md").write_text(markdown(layout, report, cmd, [*notes, *extra]), encoding="utf-8")
+        return report
+
+    seed_results, notes = run_grid(args, layout, dataset, protocols, on_model=write)
     if not seed_results:
         print("nothing was measured (every requested variant was skipped)")
         return None
-    report = build_report(dataset.name, args.split, protocols, user_sample, seed_results)
-    write_json(layout.report(args.split, "json"), report)
-    cmd = command_line(argv)
-    notes = [*notes, f"wall time of this invocation: {time.time() - t0:.0f} s "
-             f"({sum(r.reused for r in seed_results)} of {len(seed_results)} measurements reused)"]
+    report = write(seed_results, notes, final=True)
     md_path = layout.report(args.split, "md")
-    md_path.write_text(markdown(layout, report, cmd, notes), encoding="utf-8")
     print()
     print(results_table(report))
     print(f"\nwrote {layout.report(args.split, 'json')} and {md_path}")

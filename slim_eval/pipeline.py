@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -73,9 +74,14 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
     return None
 
 
-def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset,
-             protocols: list[str]) -> tuple[list[SeedResult], list[str]]:
-    """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes."""
+def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset, protocols: list[str],
+             on_model: Callable[[list[SeedResult], list[str]], None] | None = None,
+             ) -> tuple[list[SeedResult], list[str]]:
+    """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes.
+
+    ``on_model(results_so_far, notes)`` runs after each model, so a long grid keeps its report
+    current (a run stopped after hours still leaves a table of what finished).
+    """
     from slim.recommenders.train import FitConfig, fit
 
     feed = Inputs(dataset, layout)
@@ -119,6 +125,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)
+        if on_model is not None:
+            on_model(results, notes)
     return results, notes
 
 
