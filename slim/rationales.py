@@ -1,0 +1,141 @@
+"""Writing rationales for many users: append-only JSONL that survives kill -9 and resumes.
+
+One row per (user_id, split). A row is written with a single ``write`` + flush + fsync, so a crash
+loses at most the rows in flight; a torn last line (crash mid-write) is ignored on load and
+overwritten on the next append. Rows already present are skipped, so reruns never duplicate.
+
+Leakage guard: the prompt for ``split`` is built from ``dataset.history(u, split)`` only: the train
+prefix for ``valid`` and the train prefix + validation item for ``test``; never the target.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .data import SequentialDataset, Split
+from .prompts import Messages, parse_steps, prompt_hash
+from .reasoners import Generation, GenerationParams, Reasoner
+
+PromptFn = Callable[[Sequence[str]], Messages]
+
+
+class RationaleStore:
+    """Append-only JSONL of rationale rows keyed by (user_id, split)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: dict[tuple[str, str], dict] = {}
+        self._valid_bytes = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        pos = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn final line from a crash: dropped, overwritten by the next append
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.rows[(str(row["user_id"]), row["split"])] = row
+            pos += len(line)
+        self._valid_bytes = pos
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: dict) -> None:
+        key = (str(row["user_id"]), row["split"])
+        if key in self.rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+            f.seek(self._valid_bytes)
+            f.write(line)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        self._valid_bytes += len(line)
+        self.rows[key] = row
+
+    def ok_rows(self, split: str | None = None) -> list[dict]:
+        return [r for r in self.rows.values() if r["status"] == "ok" and (split is None or r["split"] == split)]
+
+
+def make_row(dataset: SequentialDataset, user: int, split: Split, messages: Messages, gen: Generation,
+             params: GenerationParams, role: str) -> dict:
+    parsed = parse_steps(gen.text)
+    if gen.error:
+        status = f"error: {gen.error}"
+    elif parsed.ok:
+        status = "ok"
+    else:
+        status = f"rejected: {parsed.reason}" + (" (hit max_tokens)" if gen.finish_reason == "length" else "")
+    return {
+        "user_id": str(dataset.user_ids[user]),
+        "user_idx": int(user),
+        "split": split,
+        "role": role,
+        "dataset": dataset.name,
+        "history_len": int(len(dataset.history(user, split))),
+        "model": gen.model,
+        "prompt_hash": prompt_hash(messages),
+        "params": params.as_dict(),
+        "rationale": gen.text,
+        "steps": parsed.steps,
+        "status": status,
+        "seconds": round(gen.seconds, 3),
+        "completion_tokens": gen.completion_tokens,
+        "prompt_tokens": gen.prompt_tokens,
+        "finish_reason": gen.finish_reason,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def prompt_for(dataset: SequentialDataset, user: int, split: Split, prompt_fn: PromptFn) -> Messages:
+    """The only way a rationale prompt is built: from the history, never the target."""
+    return prompt_fn(dataset.titles(dataset.history(user, split)))
+
+
+def write_rationales(
+    reasoner: Reasoner,
+    dataset: SequentialDataset,
+    users: Iterable[int],
+    splits: Sequence[Split],
+    store: RationaleStore,
+    prompt_fn: PromptFn,
+    params: GenerationParams,
+    role: str,
+    batch_size: int = 1,
+    retry_errors: bool = True,
+) -> Iterator[dict]:
+    """Generate missing rows, append each as soon as its batch is done, yield it (for progress)."""
+    todo = []
+    for u in users:
+        for split in splits:
+            key = (str(dataset.user_ids[u]), split)
+            row = store.rows.get(key)
+            if row is None:
+                todo.append((u, split))
+            elif retry_errors and row["status"].startswith("error"):
+                # transient endpoint errors are retried; keep the old row out of the way
+                store.rows.pop(key)
+                todo.append((u, split))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        prompts = [prompt_for(dataset, u, s, prompt_fn) for u, s in chunk]
+        gens = reasoner.generate(prompts, params)
+        for (u, s), messages, gen in zip(chunk, prompts, gens):
+            row = make_row(dataset, u, s, messages, gen, params, role)
+            store.append(row)
+            yield row

