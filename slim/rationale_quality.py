@@ -1,0 +1,139 @@
+"""How good are rationales? Format, grounding in the catalogue, and agreement with the teacher.
+
+The paper judges rationales only through downstream accuracy (PAPER.md s.8.8); these measures make
+the chain inspectable on its own:
+
+* format compliance: share of rows whose text parses into the 3 steps;
+* groundedness: share of Step-3 item names that exist in the catalogue (fuzzy title match);
+* repeat rate: share of grounded Step-3 items that are already in the user's history;
+* target hit: the held-out next item named in Step 3 (title match), or its genre/category named
+  in Step 2 (where the dataset has one);
+* against a reference (student vs teacher on the same users): ROUGE-L F1 (``rouge-score``; the
+  ``evaluate`` metric loaders need the Hub, so the library is used directly), corpus BLEU
+  (``sacrebleu``) and the cosine of MiniLM embeddings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .data import SequentialDataset
+from .prompts import step3_items
+
+GROUND_THRESHOLD = 90.0  # rapidfuzz WRatio: tolerant to case/punctuation/article order, not to other titles
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    rows: dict[tuple[str, str], dict] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn last line of a live file
+            rows[(str(r["user_id"]), r["split"])] = r
+    return list(rows.values())
+
+
+class CatalogueMatcher:
+    """Fuzzy title -> item index lookup over a dataset's catalogue."""
+
+    def __init__(self, dataset: SequentialDataset, threshold: float = GROUND_THRESHOLD):
+        from rapidfuzz import utils
+
+        self.idx = dataset.items.index.to_numpy()
+        self.titles = [utils.default_process(t) for t in dataset.items["title"]]
+        self.threshold = threshold
+
+    def match(self, name: str) -> int | None:
+        from rapidfuzz import fuzz, process, utils
+
+        q = utils.default_process(name)
+        if not q:
+            return None
+        hit = process.extractOne(q, self.titles, scorer=fuzz.WRatio, score_cutoff=self.threshold,
+                                 processor=None)
+        return int(self.idx[hit[2]]) if hit else None
+
+
+def _genres(dataset: SequentialDataset, item: int) -> list[str]:
+    for col in ("genre", "category"):
+        if col in dataset.items.columns:
+            value = str(dataset.items.at[item, col] or "")
+            parts = value.split() if col == "genre" else [value]
+            return [p.lower() for p in parts if p and p.lower() != "unknown"]
+    return []
+
+
+def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher: CatalogueMatcher | None = None) -> dict:
+    """Measures that need no reference: format, groundedness, repeats, target hits."""
+    rows = list(rows)
+    matcher = matcher or CatalogueMatcher(dataset)
+    index = {str(u): i for i, u in enumerate(dataset.user_ids)}
+    n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
+    for r in rows:
+        if r.get("status") != "ok" or not r.get("steps"):
+            continue
+        n_ok += 1
+        u = index[str(r["user_id"])]
+        history = set(dataset.history(u, r["split"]).tolist())
+        target = dataset.target(u, r["split"])
+        names = step3_items(r["steps"][2])
+        matched = [m for m in (matcher.match(n) for n in names) if m is not None]
+        n_named += len(names)
+        n_grounded += len(matched)
+        n_repeat += sum(m in history for m in matched)
+        n_item_hit += target in matched
+        genres = _genres(dataset, target)
+        if genres:
+            n_genre_users += 1
+            n_genre_hit += any(g in r["steps"][1].lower() for g in genres)
+    return {
+        "rows": len(rows),
+        "format_compliance": n_ok / max(1, len(rows)),
+        "step3_items_per_rationale": n_named / max(1, n_ok),
+        "groundedness": n_grounded / max(1, n_named),
+        "repeat_rate": n_repeat / max(1, n_grounded),
+        "target_item_hit": n_item_hit / max(1, n_ok),
+        "target_genre_hit": (n_genre_hit / n_genre_users) if n_genre_users else None,
+        "mean_completion_tokens": float(np.mean([r.get("completion_tokens", 0) for r in rows])) if rows else 0.0,
+        "mean_seconds": float(np.mean([r.get("seconds", 0) for r in rows])) if rows else 0.0,
+    }
+
+
+def agreement(candidates: list[str], references: list[str], encoder=None) -> dict:
+    """Student-vs-teacher text agreement on the same users (paired lists)."""
+    from rouge_score import rouge_scorer
+    import sacrebleu
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, cand)["rougeL"].fmeasure for cand, ref in zip(candidates, references)]
+    bleu = sacrebleu.corpus_bleu(candidates, [references]).score
+    out = {"pairs": len(candidates), "rougeL_f1": float(np.mean(rouge)) if rouge else None, "bleu": bleu}
+    if encoder is not None and candidates:
+        a, b = encoder.encode(candidates), encoder.encode(references)
+        out["embedding_cosine"] = float(np.mean(np.sum(a * b, axis=1)))  # encoder output is L2-normalised
+    return out
+
+
+def quality_report(dataset: SequentialDataset, path: str | Path, reference_path: str | Path | None = None,
+                   encoder=None, exclude_users: set[str] | None = None) -> dict:
+    """Quality of one rationale file; with a reference file, agreement on the users both have.
+
+    ``exclude_users``: user ids left out of the agreement (e.g. the users the student was
+    distilled on, so agreement is measured on held-out users only).
+    """
+    rows = load_rows(path)
+    report = {"file": str(path), **intrinsic_quality(dataset, rows)}
+    if reference_path and Path(reference_path).exists() and Path(reference_path) != Path(path):
+        refs = {(str(r["user_id"]), r["split"]): r for r in load_rows(reference_path) if r.get("status") == "ok"}
+        pairs = [(r["rationale"], refs[k]["rationale"]) for r in rows
+                 if r.get("status") == "ok" and (k := (str(r["user_id"]), r["split"])) in refs
+                 and str(r["user_id"]) not in (exclude_users or set())]
+        if pairs:
+            report["vs_reference"] = {"reference": str(reference_path),
+                                      **agreement([p[0] for p in pairs], [p[1] for p in pairs], encoder)}
+    return report

@@ -1,0 +1,56 @@
+"""Rationale quality measures on real ML-100K users with rationale text written by the test."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slim.rationale_quality import CatalogueMatcher, agreement, intrinsic_quality, quality_report
+
+
+def _row(ds, u, split, text, steps):
+    return {"user_id": str(ds.user_ids[u]), "split": split, "status": "ok" if steps else "rejected: missing Step 1",
+            "rationale": text, "steps": steps, "completion_tokens": 10, "seconds": 1.0}
+
+
+def test_catalogue_matching_is_fuzzy_but_not_loose(ml100k):
+    m = CatalogueMatcher(ml100k)
+    assert m.match("Toy Story") == ml100k.title_to_idx["Toy Story"]
+    assert m.match("toy story!") == ml100k.title_to_idx["Toy Story"]
+    assert m.match("A completely invented film title 2077") is None
+
+
+def test_groundedness_repeats_and_target_hits(ml100k):
+    u = 0
+    hist = ml100k.history(u, "valid")
+    target = ml100k.target(u, "valid")
+    seen_title, target_title = ml100k.titles([hist[-1]])[0], ml100k.titles([target])[0]
+    genre = ml100k.items.at[target, "genre"].split()[0]
+    step3 = f"1. {target_title}\n2. {seen_title}\n3. Totally Invented Movie Zeta"
+    rows = [_row(ml100k, u, "valid", "...", ["likes films", f"{genre} films", step3]),
+            _row(ml100k, 1, "valid", "no steps", None)]
+    q = intrinsic_quality(ml100k, rows)
+    assert q["format_compliance"] == 0.5
+    assert q["groundedness"] == pytest.approx(2 / 3)
+    assert q["repeat_rate"] == pytest.approx(1 / 2)
+    assert q["target_item_hit"] == 1.0 and q["target_genre_hit"] == 1.0
+
+
+def test_agreement_identical_texts_score_max():
+    texts = ["Step 1: likes action. Step 2: thrillers. Step 3: Heat, Speed."] * 3
+    a = agreement(texts, texts)
+    assert a["rougeL_f1"] == pytest.approx(1.0) and a["bleu"] == pytest.approx(100.0)
+    b = agreement(["completely different words here"] * 3, texts)
+    assert b["rougeL_f1"] < 0.2 and b["bleu"] < 5
+
+
+def test_quality_report_pairs_users_and_excludes_training_users(ml100k, tmp_path):
+    steps = ["a", "b", "1. Toy Story"]
+    text = "Step 1: a\nStep 2: b\nStep 3: 1. Toy Story"
+    for name in ("student", "teacher"):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for u in range(4):
+                f.write(json.dumps(_row(ml100k, u, "valid", text, steps)) + "\n")
+    rep = quality_report(ml100k, tmp_path / "student.jsonl", tmp_path / "teacher.jsonl",
+                         exclude_users={str(ml100k.user_ids[0])})
+    assert rep["vs_reference"]["pairs"] == 3 and rep["format_compliance"] == 1.0
