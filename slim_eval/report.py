@@ -298,3 +298,55 @@ def regenerate(run_dir: str | Path, split: str = "test") -> str:
     md = markdown(layout, report, command)
     old.write_text(md, encoding="utf-8")
     return md
+
+
+def combined_table1(reports: Sequence[dict], protocol: str, markdown: bool = True) -> str | None:
+    """The paper's Table 1 layout across datasets: rows X, X+, teacher, SLIM, Improv.; columns dataset x metric."""
+    reports = [r for r in reports if protocol in r["protocols"]]
+    if not reports:
+        return None
+    header = ["Method"] + [f"{r['dataset']} {m}" for r in reports for m in REPORT_METRICS]
+    rows = []
+    for backbone in ("gru4rec", "sasrec", "srgnn"):
+        variants = [v for v in ("id", "text", "teacher", "slim")
+                    if any(_find(r, backbone, v, protocol) for r in reports)]
+        if not variants:
+            continue
+        label = BACKBONE_LABELS[backbone]
+        for v in variants:
+            cells = []
+            for r in reports:
+                row = _find(r, backbone, v, protocol)
+                cells += [fmt(row["metrics"][m] if row else None) for m in REPORT_METRICS]
+            rows.append([VARIANT_LABELS[v].format(X=label), *cells])
+        if "slim" in variants:
+            imp = [improvement(r, backbone, protocol, m) for r in reports for m in REPORT_METRICS]
+            rows.append(["Improv. (%)", *("-" if x is None else f"{100 * x:+.2f}" for x in imp)])
+    return (f"Table 1 layout - {PROTOCOL_TITLES[protocol]} (x100, mean ± std over seeds)\n\n"
+            + render(header, rows, markdown))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m slim_eval.report RUN_DIR [RUN_DIR ...]``: regenerate report.md + plots, print the tables."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m slim_eval.report", description=main.__doc__)
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--markdown", action="store_true", help="print markdown instead of aligned text")
+    args = p.parse_args(argv)
+    reports = []
+    for d in args.run_dirs:
+        regenerate(d, args.split)
+        rep = read_json(RunLayout(d).report(args.split, "json"))
+        reports.append(rep)
+        print(results_table(rep, markdown=args.markdown), end="\n\n")
+    if len(reports) > 1:
+        for proto in ("full", "sampled"):
+            t = combined_table1(reports, proto, markdown=args.markdown)
+            if t:
+                print(t, end="\n\n")
+
+
+if __name__ == "__main__":
+    main()

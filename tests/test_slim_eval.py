@@ -16,7 +16,7 @@ import pytest
 from slim.artifacts import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
-from slim_eval.report import improvement, regenerate, sparsity_groups, table1, table2
+from slim_eval.report import combined_table1, improvement, regenerate, sparsity_groups, table1, table2
 from slim_eval.variants import run_name, spec
 
 BASE = ["--dataset", "ml-100k", "--users", "60", "--epochs", "2", "--seeds", "2", "--backbones", "sasrec",
@@ -197,6 +197,9 @@ def test_improvement_is_slim_over_best_baseline():
     assert improvement(report, "sasrec", "sampled", "NDCG@10") == pytest.approx(0.1446, abs=5e-4)
     t = table1(report, "sampled")
     assert "Improv. (%)" in t and "+14.46" in t and "SLIM (SASRec)" in t
+    other = {**report, "dataset": "e", "results": report["results"][:2]}
+    wide = combined_table1([report, other], "sampled")
+    assert "d NDCG@10" in wide and "e NDCG@10" in wide and "+14.46" in wide
 
 
 def test_provenance_records_round_trip(tmp_path):
