@@ -5,6 +5,7 @@ One run directory per dataset (default ``runs/<dataset>``)::
     rationales/teacher.jsonl, rationales/student.jsonl   slim_train teach / reason
     checkpoints/<backbone>-<variant>[-<tag>]-seed<k>-<key hash>/   slim.recommenders.train.fit
     eval/<split>/<backbone>-<variant>[-<tag>]-seed<k>-<protocol>.npz   per-user ranks (slim_eval)
+    eval/<split>/_dataset.npz                             item popularity of the evaluated users
     negatives/                                            sampled-protocol negatives (slim.metrics)
     text-cache/                                           encoder vectors (slim.encoders)
     report.json, report.md, plots/                        slim_eval (test split)
@@ -92,6 +93,10 @@ class RunLayout:
     def eval_file(self, split: str, run_name: str, protocol: str) -> Path:
         """Per-user ranks (+ top-10 lists) of one fitted model on one split under one protocol."""
         return self.root / "eval" / split / f"{run_name}-{protocol}.npz"
+
+    def eval_dataset_file(self, split: str) -> Path:
+        """What the per-user files are relative to: item training popularity of the evaluated users."""
+        return self.root / "eval" / split / "_dataset.npz"
 
     def report(self, split: str = "test", suffix: str = "json") -> Path:
         """``report.json``/``.md`` for test; ``report-valid.*`` so a validation run never clobbers it."""

@@ -7,9 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from slim.artifacts import RunLayout, write_json
+from slim.artifacts import RunLayout, make_record, save_npz, write_json
 from slim.data import SequentialDataset, load_dataset, sample_users
-from slim.metrics import item_popularity, sampled_negatives
+from slim.metrics import dataset_fingerprint, item_popularity, sampled_negatives
 
 from . import inputs
 from .run import N_NEGATIVES, NEGATIVES_SEED, SeedResult, evaluate_fitted
@@ -100,6 +100,10 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
     negatives = (sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
                  if "sampled" in protocols else None)
     popularity = item_popularity(dataset)
+    save_npz(layout.eval_dataset_file(args.split),
+             make_record({"dataset": dataset.name, "dataset_fingerprint": dataset_fingerprint(dataset)},
+                         n_users=int(dataset.n_users), n_items=int(dataset.n_items)),
+             item_popularity=popularity)
     results: list[SeedResult] = []
     for i, (s, backbone, seed) in enumerate(plan, 1):
         name = run_name(backbone, s.name, seed)

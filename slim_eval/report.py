@@ -10,6 +10,7 @@ Nothing here fits or scores a model, so every table and plot can be regenerated 
 * :func:`table2`: the paper's Table 2 shape (text matching: Step1, Step2, Step3, teacher, SLIM).
 * :func:`popularity_table`: EFD@10 / EPC@10 (paper Table 8) of SASRec vs SLIM from the stored
   top-10 lists' per-model values (full ranking, Elliot definitions in slim.metrics).
+* :func:`longtail_plot`: the paper's Fig. 6/7 (top-10 frequency of items sorted by popularity).
 * :func:`sparsity_groups` / :func:`sparsity_plot`: users split into 5 equal groups by history
   length, NDCG@10 per group. NOTE: the paper (Fig. 5) *trains* a model per group; we evaluate one
   model trained on all users per group, which asks "who benefits" rather than "does it work with
@@ -258,6 +259,40 @@ def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
     return out
 
 
+def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ("id", "slim"),
+                  out: Path | None = None) -> Path | None:
+    """Paper Fig. 6/7 shape: items sorted by training popularity (x), how often each lands in the
+    top-10 lists (y, summed over users, mean over seeds). A flatter right tail = more long-tail items."""
+    got = load_npz(layout.eval_dataset_file(report["split"]))
+    runs = {v: eval_arrays(layout, report, backbone, v, "full") for v in variants}
+    runs = {v: r for v, r in runs.items() if r and "topk" in r[0][1]}
+    if got is None or not runs:
+        return None
+    pop = got[1]["item_popularity"]
+    order = np.argsort(-pop[1:], kind="stable") + 1  # most popular first; padding excluded
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    label = BACKBONE_LABELS.get(backbone, backbone)
+    for v, rs in runs.items():
+        freq = np.mean([np.bincount(arr["topk"].ravel(), minlength=len(pop)) for _, arr in rs], axis=0)
+        ax.plot(np.arange(1, len(order) + 1), freq[order], lw=0.8, label=VARIANT_LABELS[v].format(X=label))
+    ax.set_yscale("symlog")
+    ax.set_xlabel("items sorted by training popularity (most popular first)")
+    ax.set_ylabel("times in a top-10 list")
+    ax.set_title(f"{report['dataset']} {report['split']}: recommendation frequency vs item popularity", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = out or layout.plots_dir / f"longtail-{report['split']}-{backbone}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # report.md
 # ---------------------------------------------------------------------------------------
@@ -278,6 +313,9 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     plot = sparsity_plot(layout, report) if any(r["backbone"] == "sasrec" for r in report["results"]) else None
     if plot:
         parts.append(f"User-sparsity groups: ![sparsity]({plot.relative_to(layout.root).as_posix()})")
+    tail = longtail_plot(layout, report) if any(r["backbone"] == "sasrec" for r in report["results"]) else None
+    if tail:
+        parts.append(f"Recommendation frequency vs item popularity: ![longtail]({tail.relative_to(layout.root).as_posix()})")
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
     return "\n\n".join(parts) + "\n"

@@ -130,6 +130,7 @@ def test_regenerate_without_refit(first_run):
     md = regenerate(out)
     assert "Popularity bias" in md and "EFD@10" in md
     assert (out / "plots" / "sparsity-test-sasrec-full.png").stat().st_size > 1000
+    assert (out / "plots" / "longtail-test-sasrec.png").stat().st_size > 1000
     groups = sparsity_groups(RunLayout(out), report, "sasrec", "id")
     assert len(groups["bounds"]) == 5 and groups["bounds"][0][0] <= groups["bounds"][-1][0]
     assert checkpoint_state(out) == before
