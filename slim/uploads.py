@@ -408,7 +408,7 @@ def match_rows(rows: Iterable[Row], catalogue: Catalogue, notices: list[str] | N
 
 def _bound(h: History, min_history: int, max_history: int) -> History:
     if len(h.items) < min_history:
-        why = f" ({len(h.dropped)} row(s) dropped: see the list)" if h.dropped else ""
+        why = f" ({len(h.dropped)} row(s) dropped)" if h.dropped else ""
         examples = "; ".join(f"row {d.row}: {_short(d.text, 40)!r} {d.reason}" for d in h.dropped[:3])
         raise UploadError(
             f"Only {len(h.items)} title(s) matched the catalogue{why}; at least {min_history} are needed. "

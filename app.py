@@ -1,0 +1,274 @@
+"""SLIM-Rec Space: teacher and student reasoning side by side, with recommendations.
+
+A thin Gradio UI over ``slim.demo.DemoService``: every decision (parsing uploads, matching titles,
+choosing models and checkpoints, ranking) lives in ``slim/``; this file only lays out widgets and
+formats what the service returns.
+
+    python app.py                      # http://127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 7860   (or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+
+The main action is also the API endpoint ``/recommend`` (dataset name, user id or list of titles)
+-> (teacher rationale, student rationale, recommendation table as a list of rows).
+"""
+from __future__ import annotations
+
+import os
+
+# before gradio/torch/llama.cpp are imported: no outside lookups, no spinning threads on a shared CPU
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from slim.demo import PAPER_URL, DemoService, Ranked, Request, Update, find_reports  # noqa: E402
+from slim.uploads import FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, MIN_HISTORY, UploadError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+TEMPLATE = ROOT / "assets" / "history_template.csv"
+CONCURRENCY = int(os.environ.get("SLIM_CONCURRENCY", "2"))  # 2 cores: one streams while one ranks
+QUEUE_SIZE = int(os.environ.get("SLIM_QUEUE_SIZE", "64"))
+
+ABOUT = f"""
+### SLIM in five sentences
+1. SLIM ("Step-by-step knowLedge dIstillation fraMework", Wang et al., 2024) asks a large *teacher* language
+   model to reason about a user's history in three steps: the user's preferences, the categories they may want
+   next, and specific items.
+2. A small *student* model (here SmolLM2-135M) is fine-tuned with LoRA to reproduce those rationales from a
+   simpler prompt, so the reasoning runs cheaply, even on a CPU.
+3. The student's rationale is encoded into a vector with a frozen text encoder (all-MiniLM-L6-v2) and fused
+   with an ID-based sequential recommender (SASRec, GRU4Rec, SR-GNN) on the user side, with item texts on the item side.
+4. Without item IDs, the same vectors support *ID-agnostic* text matching, which can recommend for histories the
+   recommender never saw, such as the one you upload here.
+5. The paper reports that this distilled small reasoner keeps most of the teacher's gains at a fraction of
+   the cost ([arXiv:2403.04260]({PAPER_URL})); the Results tab shows what this reimplementation measured.
+"""
+
+UPLOAD_HELP = f"""
+**File format.** CSV with a header row and a `title` column (one item per row, oldest first); an optional
+`timestamp` column (Unix seconds or an ISO date like `2024-01-31`) orders the rows. Other columns are ignored.
+JSON: `["Title 1", "Title 2"]` or `[{{"title": "..."}}]`; JSONL: one `{{"title": "..."}}` per line.
+Limits: {MAX_UPLOAD_BYTES // 1_000_000} MB, UTF-8 preferred (Latin-1 is read with a warning).
+Titles are matched to the catalogue exactly (case and a trailing year ignored), then fuzzily
+(score >= {FUZZY_THRESHOLD:.0f}/100); unknown titles are listed as dropped. At least {MIN_HISTORY} matched
+items are needed; only the most recent {MAX_HISTORY} are used.
+"""
+
+CSS = """
+#teacher, #student {min-height: 12rem; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6rem;}
+#status {min-height: 1.5rem;}
+"""
+
+service = DemoService(ROOT)
+
+
+# ---------------------------------------------------------------------------------------
+# formatting (presentation only)
+# ---------------------------------------------------------------------------------------
+def _styled(df: pd.DataFrame):
+    """Highlight the held-out next item's row."""
+    if df.empty:
+        return df
+    return df.style.apply(
+        lambda row: ["background-color: #fde68a; font-weight: 600" if row["next_item"] else "" for _ in row], axis=1
+    )
+
+
+def _tables(req: Request, ranked: list[Ranked]) -> tuple[Any, Any]:
+    """The primary (SLIM) list and, for dataset users, the plain backbone beside it."""
+    df = service.table(req, ranked)
+    if not ranked:
+        return df, gr.update(visible=False)
+    df["score"] = df["score"].round(3)
+    cols = ["rank", "title", "score", "next_item"]
+    main = df.loc[df["variant"] == ranked[0].variant, cols].reset_index(drop=True)
+    if len(ranked) > 1:
+        other = df.loc[df["variant"] == ranked[1].variant, cols].reset_index(drop=True)
+        return (gr.update(value=_styled(main), label=f"Top-10: {ranked[0].variant}"),
+                gr.update(value=_styled(other), visible=True, label=f"Compare: {ranked[1].variant}"))
+    return gr.update(value=_styled(main), label=f"Top-10: {ranked[0].variant}"), gr.update(visible=False)
+
+
+def _matched(req: Request) -> tuple[Any, Any]:
+    if req.history is None:
+        return gr.update(visible=False), gr.update(visible=False)
+    dropped = req.history.dropped_table()
+    return (gr.update(value=req.history.matched_table(), visible=True),
+            gr.update(value=dropped, visible=not dropped.empty))
+
+
+def _status(req: Request) -> str:
+    if req.history is None:
+        return ""
+    h = req.history
+    parts = [f"Matched **{len(h.items)}** item(s) from your history"
+             + (f"; dropped **{len(h.dropped)}** (see below)." if h.dropped else ".")]
+    parts += [f"Note: {n}" for n in h.notices]
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# event handlers
+# ---------------------------------------------------------------------------------------
+def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: str, picked: list[str] | None) -> Iterator[tuple]:
+    """The button: resolve the history, stream both rationales, then show the rankings."""
+    hidden = gr.update(visible=False)
+    try:
+        if mode == "user":
+            req = service.request_for_user(dataset, user or "")
+        else:
+            src = {"upload": dict(file_path=file), "paste": dict(pasted=pasted), "pick": dict(picked=picked)}[mode]
+            req = service.request_for_history(dataset, service.parse_custom(dataset, **src))
+    except UploadError as e:
+        yield (f"**Error:** {e}", hidden, hidden, "", "", "", pd.DataFrame(), hidden)
+        return
+    except Exception as e:  # noqa: BLE001 - whatever the input, the page shows a message, the server lives on
+        yield (f"**Error:** **Could not read this input:** {type(e).__name__}: {str(e)[:300]}", hidden, hidden, "", "", "",
+               pd.DataFrame(), hidden)
+        return
+    status = _status(req)
+    matched, dropped = _matched(req)
+    try:
+        upd: Update | None = None
+        for upd in service.run(req):
+            if upd.done:
+                main, other = _tables(req, upd.ranked)
+                yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info, main, other)
+            else:
+                yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info,
+                       pd.DataFrame(), hidden)
+    except Exception as e:  # noqa: BLE001
+        yield (f"**Error:** **Something failed while reasoning:** {type(e).__name__}: {str(e)[:300]}", matched, dropped,
+               "", "", "", pd.DataFrame(), hidden)
+
+
+def recommend(dataset: str, user_or_titles: str | list[str]) -> tuple[str, str, list[dict]]:
+    """API: a dataset user id (string) or a list of titles (oldest first) -> (teacher, student, top-10 rows).
+
+    Rows: {rank, variant, title, score, next_item}. Bad input raises an error with a readable message.
+    """
+    try:
+        req = service.resolve(dataset, user_or_titles)
+    except UploadError as e:
+        raise gr.Error(str(e)) from None
+    last = None
+    for last in service.run(req):
+        pass
+    table = service.table(req, last.ranked)
+    return last.teacher.markdown(), last.student.markdown(), table.to_dict(orient="records")
+
+
+def on_dataset(dataset: str):
+    users = service.user_ids(dataset)
+    return (gr.update(choices=users, value=users[0]),
+            gr.update(choices=service.catalogue(dataset).choices(), value=[]))
+
+
+def on_reports():
+    reports = find_reports(ROOT)
+    if not reports:
+        return ("No evaluation report yet. `python -m slim_eval --split test` writes `runs/<dataset>/report.md` "
+                "and plots; this tab shows them as written (nothing is recomputed here).", [])
+    md = "\n\n".join(f"## {r.dataset}\n_source: `{r.source.relative_to(ROOT)}`_\n\n{r.markdown}" for r in reports)
+    gallery = [(str(p), f"{r.dataset}: {p.stem}") for r in reports for p in r.plots]
+    return md, gallery
+
+
+# ---------------------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------------------
+def build() -> gr.Blocks:
+    datasets = service.available_datasets()
+    first = datasets[0]
+    users = service.user_ids(first)
+    with gr.Blocks(title="SLIM: small language models as recommendation reasoners") as demo:
+        gr.Markdown("# SLIM: can small language models be good reasoners for sequential recommendation?\n"
+                    "A teacher LLM and a distilled student each reason about a history in three steps; "
+                    "the student's rationale then ranks the catalogue.")
+        mode = gr.State("user")
+        with gr.Tabs():
+            with gr.Tab("Recommend"):
+                dataset = gr.Dropdown(datasets, value=first, label="Dataset", elem_id="dataset")
+                with gr.Tabs():
+                    with gr.Tab("Dataset user", elem_id="tab-user") as t_user:
+                        with gr.Row():
+                            user = gr.Dropdown(users, value=users[0], filterable=True, scale=4,
+                                               label="User id (type to search)", elem_id="user")
+                            rnd = gr.Button("Random user", scale=1, elem_id="random")
+                    with gr.Tab("Upload a file", elem_id="tab-upload") as t_upload:
+                        gr.Markdown(UPLOAD_HELP)
+                        with gr.Row():
+                            file = gr.File(label="History (.csv, .json, .jsonl)", type="filepath", scale=3,
+                                           file_types=[".csv", ".json", ".jsonl", ".txt", ".tsv"], elem_id="upload")
+                            gr.DownloadButton("Download template CSV", value=str(TEMPLATE), scale=1, elem_id="template")
+                    with gr.Tab("Paste titles", elem_id="tab-paste") as t_paste:
+                        pasted = gr.Textbox(lines=8, label="Titles, one per line, oldest first",
+                                            placeholder="Toy Story\nGoldenEye\nFargo", elem_id="pasted")
+                    with gr.Tab("Pick titles", elem_id="tab-pick") as t_pick:
+                        picked = gr.Dropdown(service.catalogue(first).choices(), value=[], multiselect=True,
+                                             filterable=True, label="Catalogue titles (type to search; pick oldest first)",
+                                             elem_id="picked")
+                for tab, name in ((t_user, "user"), (t_upload, "upload"), (t_paste, "paste"), (t_pick, "pick")):
+                    tab.select(lambda n=name: n, None, mode, queue=False, api_visibility="private")
+                go = gr.Button("Reason and recommend", variant="primary", elem_id="go")
+                status = gr.Markdown(elem_id="status")
+                with gr.Row():
+                    matched = gr.Dataframe(label="Matched items (your history, oldest first)", visible=False,
+                                           interactive=False, elem_id="matched", max_height=300)
+                    dropped = gr.Dataframe(label="Dropped rows", visible=False, interactive=False,
+                                           elem_id="dropped", max_height=300)
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("### Teacher")
+                        teacher_md = gr.Markdown(elem_id="teacher")
+                    with gr.Column():
+                        gr.Markdown("### Student (SLIM)")
+                        student_md = gr.Markdown(elem_id="student")
+                info = gr.Markdown(elem_id="rec-info")
+                with gr.Row():
+                    rec_main = gr.Dataframe(label="Top-10 recommendations", interactive=False, elem_id="rec-main",
+                                            wrap=True, column_widths=["10%", "55%", "15%", "20%"])
+                    rec_other = gr.Dataframe(label="Compare", interactive=False, visible=False,
+                                             elem_id="rec-compare", wrap=True,
+                                             column_widths=["10%", "55%", "15%", "20%"])
+            with gr.Tab("Results"):
+                refresh = gr.Button("Reload report files", size="sm")
+                report_md = gr.Markdown(elem_id="report")
+                plots = gr.Gallery(label="Plots", columns=2, height="auto", elem_id="plots")
+            with gr.Tab("About"):
+                gr.Markdown(ABOUT, elem_id="about")
+
+        rnd.click(lambda d: service.random_user(d), dataset, user, queue=False, api_visibility="private")
+        dataset.change(on_dataset, dataset, [user, picked], api_visibility="private")
+        go.click(on_go, [dataset, mode, user, file, pasted, picked],
+                 [status, matched, dropped, teacher_md, student_md, info, rec_main, rec_other],
+                 api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="reason")
+        refresh.click(on_reports, None, [report_md, plots], api_visibility="private")
+        demo.load(on_reports, None, [report_md, plots], api_visibility="private")
+        gr.api(recommend, api_name="recommend", concurrency_limit=CONCURRENCY, concurrency_id="reason")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--no-warm-up", action="store_true", help="load models on the first request instead")
+    args = p.parse_args(argv)
+    if not args.no_warm_up:
+        service.warm_up()
+    demo = build()
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    demo.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size="5mb",
+                allowed_paths=[str(ROOT / "runs"), str(ROOT / "assets")], css=CSS, footer_links=["api"],
+                ssr_mode=False)  # default theme: its fonts are bundled, nothing is fetched from a CDN
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,687 @@
+"""The service behind the Gradio Space: models loaded once, rationales streamed, items ranked.
+
+``app.py`` is only widgets; everything it shows is decided here, so the API, the browser UI, the
+tests and the benchmarks exercise one code path.
+
+What a request does (:meth:`DemoService.run`):
+
+1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
+   test split of ``slim.data``) or a custom history (``slim.uploads``: matched catalogue titles).
+2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
+   distilled LoRA ``assets/student/adapter.gguf`` when it exists) always runs live; the teacher
+   column shows the cached teacher rationale for dataset users when ``rationales/teacher.jsonl``
+   has one, else runs live when an endpoint is configured, else explains how to enable it.
+3. Rank the catalogue with the student's rationale:
+   - dataset users: the best fitted SLIM backbone checkpoint (highest validation NDCG@10) next to
+     its plain backbone, when checkpoints exist under ``runs/<ds>/checkpoints`` or
+     ``assets/<ds>/checkpoints``;
+   - custom histories (and dataset users without checkpoints): ID-agnostic text matching, with a
+     fitted ``match`` checkpoint when one exists, else cosine similarity between the MiniLM vector
+     of the rationale and each item's text, labelled *untrained*.
+   Items already in the history are never recommended (the ``full`` protocol's filter).
+
+Why threads and one lock per model: llama.cpp contexts are not thread-safe
+(``LlamaCppReasoner`` serialises calls), and a 2-core box gains nothing from two copies. Greedy
+decoding is deterministic, so answers are memoised per prompt (a small LRU): a repeated request
+costs nothing and still shows the same text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
+from .prompts import _STEP_RE, parse_steps, prompt_hash, student_messages, teacher_messages
+from .reasoners import GenerationParams
+from .uploads import Catalogue, History, UploadError, history_from_file, history_from_text, history_from_titles
+
+PAPER_URL = "https://arxiv.org/abs/2403.04260"
+DEFAULT_DATASET = "ml-100k"
+OPTIONAL_DATASETS = ("amazon-video-games",)  # shown only when their artefacts exist
+TOP_K = 10
+STUDENT_MAX_TOKENS = int(os.environ.get("SLIM_STUDENT_MAX_TOKENS", "200"))  # = slim_train reason default
+TEACHER_MAX_TOKENS = int(os.environ.get("SLIM_TEACHER_MAX_TOKENS", "320"))  # = slim_train teach default
+TEACHER_HELP = (
+    "No teacher is configured for live reasoning. To enable it, set `SLIM_TEACHER_BASE_URL` (any "
+    "OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, `python -m llama_cpp.server`), "
+    "`SLIM_TEACHER_MODEL` and `OPENAI_API_KEY`, or `SLIM_TEACHER_LOCAL=1` to run the local "
+    "Qwen2.5-Coder-1.5B GGUF in llama.cpp (slow on 2 CPU cores), then restart the app."
+)
+
+
+# ---------------------------------------------------------------------------------------
+# display of one rationale column
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Column:
+    """One rationale column's state; ``markdown()`` is what the page shows."""
+
+    role: str  # "teacher" | "student"
+    model: str = ""
+    text: str = ""
+    status: str = "waiting"  # waiting | running | done | cached | unavailable | error
+    note: str = ""  # persistent remark (cached, not distilled, error)
+    waiting: str = ""  # transient remark while queued behind another request
+    started: float | None = None
+    first_token_s: float | None = None
+    seconds: float = 0.0
+    tokens: int = 0
+    from_memory: bool = False  # replayed from the per-prompt memo: no timing to report
+
+    @property
+    def tok_per_s(self) -> float | None:
+        if self.from_memory:
+            return None
+        gen = self.seconds - (self.first_token_s or 0.0)
+        return self.tokens / gen if self.tokens > 1 and gen > 0 else None
+
+    def header(self) -> str:
+        parts = [f"**{self.model}**" if self.model else f"**{self.role}**"]
+        if self.status in ("running", "done") and not self.from_memory:
+            parts.append(f"{self.seconds:.1f} s")
+            if self.first_token_s is not None:
+                parts.append(f"first token {self.first_token_s:.2f} s")
+            if self.tok_per_s:
+                parts.append(f"{self.tok_per_s:.0f} tok/s")
+            parts.append(f"{self.tokens} tokens")
+        if self.status == "running":
+            parts.append("streaming…")
+        if self.waiting:
+            parts.append(self.waiting)
+        if self.note:
+            parts.append(self.note)
+        return " · ".join(parts)
+
+    def markdown(self) -> str:
+        body = format_steps(self.text) if self.text else ("_waiting…_" if self.status in ("waiting", "running") else "")
+        return f"{self.header()}\n\n{body}".strip()
+
+
+def format_steps(text: str) -> str:
+    """Rationale text -> Markdown with each "Step k" on its own separated block (works on partial text)."""
+    marks = list(_STEP_RE.finditer(text))
+    if not marks:
+        return _md_escape(text)
+    out = []
+    pre = text[: marks[0].start()].strip()
+    if pre:
+        out.append(_md_escape(pre))
+    for k, m in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        body = text[m.end():end].strip().strip("*").strip()
+        out.append(f"#### Step {m.group(1)}\n{_md_escape(body)}")
+    return "\n\n---\n\n".join(out)
+
+
+def _md_escape(text: str) -> str:
+    """Model text is shown as text: no raw HTML, no headings that could mimic the page."""
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"(?m)^(\s*)#", r"\1\\#", text)
+
+
+# ---------------------------------------------------------------------------------------
+# scorers
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Ranked:
+    """One top-K list and where it came from."""
+
+    variant: str  # label shown in the table
+    item_idx: list[int]
+    scores: list[float]
+    note: str = ""
+    target_rank: int | None = None  # 1-based rank of the held-out item in the full (filtered) ranking
+
+
+def rationale_text(text: str) -> str:
+    """The text that is encoded as the user's rationale vector: the 3 parsed steps joined, else the raw text.
+
+    Mirrors ``slim_eval.inputs.rationale_text`` (slim cannot import slim_eval), so the vector a
+    fitted model receives here is built the way its training vectors were.
+    """
+    parsed = parse_steps(text)
+    if parsed.ok:
+        return "\n".join(s.strip() for s in parsed.steps if s.strip())
+    return text.strip()
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    record: dict
+    backbone: str
+    variant: str
+    tag: str
+    seed: int
+    valid_ndcg10: float
+
+    @property
+    def label(self) -> str:
+        names = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "srgnn": "SRGNN"}
+        b = names.get(self.backbone, self.backbone)
+        return {"id": b, "text": f"{b}+", "teacher": f"SLIM- ({b})", "slim": f"SLIM ({b})",
+                "match": "SLIM text matching"}.get(self.variant, f"{b}-{self.variant}")
+
+
+def find_checkpoints(roots: Sequence[Path]) -> list[Checkpoint]:
+    """Complete checkpoints (``config.json`` with complete=true) under the given checkpoint dirs."""
+    out = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for cfg_path in sorted(root.glob("*/config.json")):
+            try:
+                record = json.loads(cfg_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not record.get("complete") or not (cfg_path.parent / "model.safetensors").exists():
+                continue
+            c = record["key"]["config"]
+            out.append(Checkpoint(cfg_path.parent, record, c["backbone"], c["variant"], c.get("tag", ""),
+                                  int(c["seed"]), float(record.get("valid_metrics", {}).get("NDCG@10", -1.0))))
+    return out
+
+
+def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarray | None):
+    """Rebuild a fitted module from its directory, checking the dataset and item-text provenance.
+
+    Not ``train.load_fitted``: that also checks the hash of the *training* users' rationale
+    matrix, which a demo scoring one (possibly new) user cannot and need not reproduce.
+    """
+    from safetensors.torch import load_file
+
+    from .metrics import dataset_fingerprint
+    from .recommenders import build_model
+    from .recommenders.train import array_sha
+
+    key = ck.record["key"]
+    if key["dataset"]["fingerprint"] != dataset_fingerprint(dataset):
+        raise ValueError(f"{ck.path.name}: trained on a different version of {dataset.name}")
+    if key.get("item_text") and key["item_text"] != array_sha(item_text):
+        raise ValueError(f"{ck.path.name}: item-text vectors differ from the ones it was trained with")
+    state = load_file(str(ck.path / "model.safetensors"))
+    udim = None
+    for k, v in state.items():  # the fusion layer's input width is the rationale vector size
+        if "user_fusion" in k and k.endswith("weight") and v.ndim == 2:
+            udim = int(v.shape[1])
+            break
+    c = key["config"]
+    model = build_model(c["backbone"], c["variant"], dataset.n_items, c["dim"], c["max_len"], c["layers"],
+                        c["heads"], c["dropout"], item_text=item_text,
+                        user_text_dim=udim if c["variant"] in ("teacher", "slim") else None)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# requests
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Request:
+    dataset: str
+    titles: list[str]  # history titles, oldest first (catalogue titles only)
+    item_idx: list[int]
+    user_id: str | None = None  # set for dataset users
+    user_idx: int | None = None
+    target: int | None = None  # the held-out next item (dataset users)
+    history: History | None = None  # set for custom histories (matched/dropped/notices)
+    full_history: list[int] = field(default_factory=list)  # items never recommended
+
+    @property
+    def is_dataset_user(self) -> bool:
+        return self.user_idx is not None
+
+
+@dataclass
+class Update:
+    """What the page shows at one moment of a request."""
+
+    teacher: Column
+    student: Column
+    ranked: list[Ranked] = field(default_factory=list)
+    info: str = ""
+    done: bool = False
+
+
+class DemoService:
+    """Loads datasets, models and checkpoints lazily, once, behind locks; safe to share across requests."""
+
+    def __init__(self, root: Path = REPO_ROOT, data_dir: str | Path | None = None,
+                 student_max_tokens: int = STUDENT_MAX_TOKENS, teacher_max_tokens: int = TEACHER_MAX_TOKENS,
+                 n_threads: int | None = None):
+        self.root = Path(root)
+        self.data_dir = resolve_data_dir(data_dir)
+        self.student_params = GenerationParams(max_tokens=student_max_tokens)
+        self.teacher_params = GenerationParams(max_tokens=teacher_max_tokens)
+        self.n_threads = n_threads or int(os.environ.get("SLIM_THREADS", "2"))
+        self._lock = threading.RLock()
+        self._model_locks = {"student": threading.Lock(), "teacher": threading.Lock()}
+        self._datasets: dict[str, SequentialDataset] = {}
+        self._catalogues: dict[str, Catalogue] = {}
+        self._item_text: dict[str, np.ndarray] = {}
+        self._modules: dict[tuple[str, str], Any] = {}
+        self._student = None
+        self._teacher: Any = None
+        self._teacher_checked = False
+        self._encoder = None
+        self._memo: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    # ---- datasets ------------------------------------------------------------------------
+    def available_datasets(self) -> list[str]:
+        """ML-100K always (downloaded from GroupLens when absent); others when their artefacts exist."""
+        names = [DEFAULT_DATASET]
+        for name in OPTIONAL_DATASETS:
+            has_data = (self.data_dir / name / "raw").is_dir()
+            has_artefacts = (self.root / "runs" / name).is_dir() or (self.root / "assets" / name).is_dir()
+            if has_data and has_artefacts:
+                names.append(name)
+        return names
+
+    def check_dataset(self, name: str) -> str:
+        name = (name or DEFAULT_DATASET).strip()
+        if name not in self.available_datasets():
+            raise UploadError(f"Unknown dataset {name!r}; choose one of {self.available_datasets()}.")
+        return name
+
+    def dataset(self, name: str) -> SequentialDataset:
+        name = self.check_dataset(name)
+        with self._lock:
+            if name not in self._datasets:
+                self._datasets[name] = load_dataset(name, self.data_dir)
+            return self._datasets[name]
+
+    def catalogue(self, name: str) -> Catalogue:
+        ds = self.dataset(name)
+        with self._lock:
+            if name not in self._catalogues:
+                self._catalogues[name] = Catalogue.from_dataset(ds)
+            return self._catalogues[name]
+
+    def user_ids(self, name: str) -> list[str]:
+        return [str(u) for u in self.dataset(name).user_ids]
+
+    def random_user(self, name: str, rng: np.random.Generator | None = None) -> str:
+        ids = self.user_ids(name)
+        return ids[int((rng or np.random.default_rng()).integers(len(ids)))]
+
+    def run_dirs(self, name: str) -> list[Path]:
+        """Where a dataset's artefacts may live: the run directory, then the shipped assets."""
+        return [self.root / "runs" / name, self.root / "assets" / name]
+
+    # ---- requests ------------------------------------------------------------------------
+    def request_for_user(self, name: str, user_id: str) -> Request:
+        ds = self.dataset(name)
+        uid = str(user_id or "").strip()
+        if not uid:
+            raise UploadError("No user chosen. Fix: pick a user id (or press Random user).")
+        where = np.flatnonzero(ds.user_ids.astype(str) == uid)
+        if len(where) == 0:
+            raise UploadError(f"User {uid!r} is not in {name} (ids look like {', '.join(self.user_ids(name)[:3])}).")
+        u = int(where[0])
+        hist = [int(i) for i in ds.history(u, "test")]
+        return Request(name, ds.titles(hist[-20:]), hist[-20:], uid, u, ds.target(u, "test"), None, hist)
+
+    def request_for_history(self, name: str, history: History) -> Request:
+        return Request(name, history.titles, history.item_idx, history=history, full_history=history.item_idx)
+
+    def parse_custom(self, name: str, file_path: str | None = None, pasted: str | None = None,
+                     picked: Sequence[str] | None = None) -> History:
+        """The one custom input the visitor gave (file, else pasted text, else picked titles)."""
+        cat = self.catalogue(name)
+        if file_path:
+            return history_from_file(file_path, cat)
+        if pasted and pasted.strip():
+            return history_from_text(pasted, cat)
+        if picked:
+            return history_from_titles(list(picked), cat)
+        raise UploadError("No history given. Fix: upload a CSV/JSON file, paste titles (one per line) "
+                          "or pick titles from the list.")
+
+    def resolve(self, name: str, user_or_titles: str | Sequence[str] | None) -> Request:
+        """The API's input: a dataset user id (str) or a list of titles (oldest first)."""
+        name = self.check_dataset(name)
+        if isinstance(user_or_titles, str):
+            s = user_or_titles.strip()
+            if "\n" in s:
+                return self.request_for_history(name, history_from_text(s, self.catalogue(name)))
+            if s.startswith("["):
+                try:
+                    parsed = json.loads(s)
+                except json.JSONDecodeError:
+                    raise UploadError("The input starts with '[' but is not a JSON list of titles.") from None
+                return self.request_for_history(name, history_from_titles(parsed, self.catalogue(name)))
+            return self.request_for_user(name, s)
+        if user_or_titles is None:
+            raise UploadError("Give a dataset user id or a list of titles.")
+        return self.request_for_history(name, history_from_titles(list(user_or_titles), self.catalogue(name)))
+
+    # ---- models ----------------------------------------------------------------------------
+    @property
+    def adapter_path(self) -> Path:
+        return self.root / "assets" / "student" / "adapter.gguf"
+
+    def student(self):
+        """SmolLM2-135M (+ distilled LoRA when shipped), loaded once."""
+        with self._lock:
+            if self._student is None:
+                from .reasoners import LlamaCppReasoner
+                from .weights import student_gguf_path
+
+                lora = self.adapter_path if self.adapter_path.exists() else None
+                name = "SmolLM2-135M-Instruct + SLIM LoRA" if lora else "SmolLM2-135M-Instruct (base, not distilled)"
+                self._student = LlamaCppReasoner(student_gguf_path(), lora, n_ctx=2048, n_threads=self.n_threads,
+                                                 model_name=name)
+            return self._student
+
+    @property
+    def student_distilled(self) -> bool:
+        return self.adapter_path.exists()
+
+    def teacher(self):
+        """A live teacher or None: OpenAI-compatible endpoint from the environment, or the local GGUF."""
+        with self._lock:
+            if not self._teacher_checked:
+                self._teacher_checked = True
+                base = os.environ.get("SLIM_TEACHER_BASE_URL")
+                if base:
+                    from .reasoners import OpenAIChatReasoner
+
+                    model = os.environ.get("SLIM_TEACHER_MODEL", "gpt-4o-mini")
+                    self._teacher = OpenAIChatReasoner(base, model, timeout=120, max_retries=1)
+                elif os.environ.get("SLIM_TEACHER_LOCAL") == "1":
+                    from .reasoners import LlamaCppReasoner
+                    from .weights import teacher_gguf_path
+
+                    self._teacher = LlamaCppReasoner(teacher_gguf_path(), n_ctx=2048, n_threads=self.n_threads,
+                                                     model_name="Qwen2.5-Coder-1.5B-Instruct (local)")
+            return self._teacher
+
+    def encoder(self):
+        with self._lock:
+            if self._encoder is None:
+                from .encoders import TextEncoder
+
+                self._encoder = TextEncoder()
+            return self._encoder
+
+    def item_text(self, name: str) -> np.ndarray:
+        ds = self.dataset(name)
+        with self._lock:
+            if name not in self._item_text:
+                from .encoders import item_text_matrix
+
+                self._item_text[name] = item_text_matrix(ds, self.encoder())
+            return self._item_text[name]
+
+    def warm_up(self, name: str = DEFAULT_DATASET) -> None:
+        """Load everything a first request needs, so the first visitor does not pay for it."""
+        self.catalogue(name)
+        self.item_text(name)
+        self.student()
+        self.teacher()
+
+    # ---- cached teacher rationales ----------------------------------------------------------
+    def cached_teacher(self, name: str, user_id: str) -> dict | None:
+        """The teacher row for this user's test history (seq[:-1]) if a teacher run wrote one."""
+        from .rationales import RationaleStore
+
+        for d in self.run_dirs(name):
+            path = d / "rationales" / "teacher.jsonl"
+            if path.exists():
+                with self._lock:
+                    key = ("teacher-store", str(path))
+                    if key not in self._modules:
+                        self._modules[key] = RationaleStore(path)
+                    store = self._modules[key]
+                row = store.rows.get((str(user_id), "test"))
+                if row and row.get("status") == "ok":
+                    return row
+        return None
+
+    # ---- generation ----------------------------------------------------------------------
+    def _generate(self, role: str, reasoner, messages, params: GenerationParams, col: Column,
+                  emit: Callable[[], None]) -> None:
+        """Stream one rationale into ``col`` (memoised per prompt: greedy decoding is deterministic)."""
+        key = f"{role}:{reasoner.model_name}:{prompt_hash(messages)}:{params.max_tokens}"
+        col.model = reasoner.model_name
+        col.status = "running"
+        t0 = col.started = time.perf_counter()
+        with self._lock:
+            memo = self._memo.get(key)
+        if memo is not None:
+            col.text, col.status, col.from_memory = memo[0], "done", True
+            col.tokens = int(memo[1])
+            col.seconds = time.perf_counter() - t0
+            col.note = " · ".join(p for p in (col.note, "same prompt answered earlier: shown from memory") if p)
+            emit()
+            return
+        col.waiting = "queued: another visitor is being served"
+        emit()
+        with self._model_locks[role]:
+            col.waiting = ""
+            for delta in reasoner.stream(messages, params):
+                now = time.perf_counter()
+                if col.first_token_s is None:
+                    col.first_token_s = now - t0
+                col.text += delta
+                col.tokens += 1
+                col.seconds = now - t0
+                emit()
+        col.seconds = time.perf_counter() - t0
+        col.status = "done"
+        with self._lock:
+            self._memo[key] = (col.text, str(col.tokens))
+            while len(self._memo) > 256:
+                self._memo.popitem(last=False)
+        emit()
+
+    def run(self, req: Request, min_interval: float = 0.08) -> Iterator[Update]:
+        """Stream both rationales, then the rankings; yields at most every ``min_interval`` s while streaming."""
+        teacher = Column("teacher")
+        student = Column("student")
+        events: queue.Queue = queue.Queue()
+        emit = lambda: events.put("tick")  # noqa: E731 - a wake-up, the state is in the columns
+
+        # teacher: cached row for dataset users, else live when configured, else an explanation
+        threads = []
+        cached = self.cached_teacher(req.dataset, req.user_id) if req.is_dataset_user else None
+        if cached:
+            teacher.model, teacher.text, teacher.status = cached.get("model", "teacher"), cached["rationale"], "cached"
+            teacher.note = (f"cached teacher rationale from the training run ({cached.get('seconds', 0):.1f} s, "
+                            f"{cached.get('completion_tokens', 0)} tokens when generated)")
+        else:
+            live = self._safe(self.teacher)
+            if live is None:
+                teacher.status, teacher.model = "unavailable", "Teacher (not configured)"
+                teacher.text = ""
+                teacher.note = TEACHER_HELP
+            else:
+                threads.append(threading.Thread(target=self._worker, daemon=True, args=(
+                    "teacher", live, teacher_messages(req.titles), self.teacher_params, teacher, emit, events)))
+        student_model = self.student()
+        if not self.student_distilled:
+            student.note = "not distilled yet: assets/student/adapter.gguf is missing"
+        threads.append(threading.Thread(target=self._worker, daemon=True, args=(
+            "student", student_model, student_messages(req.titles), self.student_params, student, emit, events)))
+        for t in threads:
+            t.start()
+        yield Update(teacher, student, info=self.describe(req))
+        last = 0.0
+        while any(t.is_alive() for t in threads) or not events.empty():
+            try:
+                msg = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(msg, Exception):
+                raise msg
+            now = time.perf_counter()
+            if now - last >= min_interval:
+                last = now
+                yield Update(teacher, student, info=self.describe(req))
+        for t in threads:
+            t.join()
+        ranked = self.rank(req, student.text)
+        yield Update(teacher, student, ranked, self.describe(req, ranked), done=True)
+
+    def _worker(self, role, reasoner, messages, params, col: Column, emit, events: queue.Queue) -> None:
+        try:
+            self._generate(role, reasoner, messages, params, col, emit)
+        except Exception as e:  # noqa: BLE001 - an endpoint failure is shown in its column, not raised
+            col.status, col.waiting = "error", ""
+            col.note = f"{role} failed: {type(e).__name__}: {str(e)[:200]}"
+            emit()
+
+    @staticmethod
+    def _safe(fn):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - a missing teacher must not stop the student
+            return None
+
+    # ---- ranking ---------------------------------------------------------------------------
+    def _module(self, name: str, ck: Checkpoint, item_text: np.ndarray | None):
+        key = (name, str(ck.path))
+        with self._lock:
+            if key not in self._modules:
+                self._modules[key] = load_module(ck, self.dataset(name), item_text)
+            return self._modules[key]
+
+    def checkpoints(self, name: str) -> list[Checkpoint]:
+        return find_checkpoints([d / "checkpoints" for d in self.run_dirs(name)])
+
+    def rank(self, req: Request, rationale: str) -> list[Ranked]:
+        """Top-K lists: best fitted SLIM backbone + its plain backbone (dataset users), else text matching."""
+        import torch
+
+        ds = self.dataset(req.dataset)
+        item_text = self.item_text(req.dataset)
+        uvec = self.encoder().encode([rationale_text(rationale) or " ".join(req.titles)])[0]
+        cks = self.checkpoints(req.dataset)
+        out: list[Ranked] = []
+        if req.is_dataset_user:
+            slim = sorted((c for c in cks if c.variant == "slim"), key=lambda c: -c.valid_ndcg10)
+            plain_all = sorted((c for c in cks if c.variant == "id"), key=lambda c: -c.valid_ndcg10)
+            from .recommenders.train import history_matrix
+
+            def backbone_scores(ck: Checkpoint, text: np.ndarray | None, user_vec) -> np.ndarray | None:
+                try:
+                    model = self._module(req.dataset, ck, text)
+                except (ValueError, RuntimeError, KeyError, OSError):
+                    return None  # stale or foreign checkpoint: skipped, the next best one is tried
+                max_len = ck.record["key"]["config"]["max_len"]
+                seq = torch.as_tensor(history_matrix(ds, np.array([req.user_idx]), "test", max_len))
+                with torch.no_grad():
+                    return model.score_last(seq, user_vec).numpy()[0]
+
+            for ck in slim:
+                s = backbone_scores(ck, item_text, torch.as_tensor(uvec)[None])
+                if s is not None:
+                    out.append(self._top(s, req, ck.label,
+                                         f"best fitted SLIM backbone (valid NDCG@10 {ck.valid_ndcg10:.3f})"))
+                    plain_all = [c for c in plain_all if c.backbone == ck.backbone] or plain_all
+                    break
+            for ck in plain_all:
+                s = backbone_scores(ck, None, None)
+                if s is not None:
+                    out.append(self._top(s, req, f"{ck.label} (plain backbone)",
+                                         f"item IDs only, no rationale (valid NDCG@10 {ck.valid_ndcg10:.3f})"))
+                    break
+        if not any(r.variant.startswith("SLIM") for r in out):
+            out.insert(0, self._match(req, cks, item_text, uvec))
+        return out
+
+    def _match(self, req: Request, cks: list[Checkpoint], item_text: np.ndarray, uvec: np.ndarray) -> Ranked:
+        import torch
+
+        match = sorted((c for c in cks if c.variant == "match" and not c.tag), key=lambda c: -c.valid_ndcg10)
+        for ck in match:
+            try:
+                model = self._module(req.dataset, ck, item_text)
+            except ValueError:
+                continue
+            with torch.no_grad():
+                s = model.score_last(None, torch.as_tensor(uvec)[None]).numpy()[0]
+            return self._top(s, req, "SLIM text matching (ID-agnostic)",
+                             f"fitted g_t (valid NDCG@10 {ck.valid_ndcg10:.3f})")
+        s = item_text @ uvec
+        return self._top(s, req, "SLIM text matching (untrained: cosine)",
+                         "no fitted match checkpoint yet: cosine similarity of MiniLM vectors of the student "
+                         "rationale and item texts, without the learned projection g_t")
+
+    def _top(self, scores: np.ndarray, req: Request, variant: str, note: str) -> Ranked:
+        s = np.asarray(scores, dtype=np.float64).copy()
+        s[0] = -np.inf
+        s[np.asarray(req.full_history, dtype=np.int64)] = -np.inf
+        order = np.argsort(-s, kind="stable")
+        top = [int(i) for i in order[:TOP_K] if np.isfinite(s[i])]
+        target_rank = None
+        if req.target is not None:
+            target_rank = int(np.sum(s > s[req.target])) + 1
+        return Ranked(variant, top, [float(s[i]) for i in top], note, target_rank)
+
+    # ---- tables and text -------------------------------------------------------------------
+    def table(self, req: Request, ranked: Sequence[Ranked]) -> pd.DataFrame:
+        """Long format: rank, variant, title, score, next_item (the held-out item, dataset users)."""
+        ds = self.dataset(req.dataset)
+        rows = []
+        for r in ranked:
+            for k, (i, sc) in enumerate(zip(r.item_idx, r.scores), 1):
+                rows.append({"rank": k, "variant": r.variant, "title": ds.items.at[i, "title"],
+                             "score": round(sc, 4), "next_item": "★ held-out next item" if i == req.target else ""})
+        return pd.DataFrame(rows, columns=["rank", "variant", "title", "score", "next_item"])
+
+    def describe(self, req: Request, ranked: Sequence[Ranked] = ()) -> str:
+        ds = self.dataset(req.dataset)
+        lines = []
+        if req.is_dataset_user:
+            n = len(req.full_history)
+            lines.append(f"User **{req.user_id}** of {req.dataset}: {n} items before the held-out one"
+                         + (f" (the prompt shows the last {len(req.titles)})" if n > len(req.titles) else "")
+                         + f". Held-out next item: **{ds.items.at[req.target, 'title']}**.")
+        else:
+            lines.append(f"Custom history: {len(req.titles)} catalogue items.")
+        for r in ranked:
+            hit = ""
+            if r.target_rank is not None:
+                hit = (f" The held-out item is ranked **#{r.target_rank}**" + (" (in the top 10 ★)." if r.target_rank <= TOP_K else "."))
+            lines.append(f"- **{r.variant}**: {r.note}.{hit}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# results tab: report files written by slim_eval (never recomputed here)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    dataset: str
+    markdown: str
+    plots: list[Path]
+    source: Path
+
+
+def find_reports(root: Path = REPO_ROOT) -> list[Report]:
+    """``report.md`` + ``plots/*.png`` from ``runs/<ds>/`` (preferred) or ``assets/<ds>/``."""
+    found: dict[str, Report] = {}
+    for base in (root / "runs", root / "assets"):
+        if not base.is_dir():
+            continue
+        for md in sorted(base.glob("*/report.md")):
+            ds = md.parent.name
+            if ds in found:
+                continue
+            plots = sorted((md.parent / "plots").glob("*.png")) if (md.parent / "plots").is_dir() else []
+            plots += sorted(p for p in md.parent.glob("*.png"))
+            found[ds] = Report(ds, md.read_text(encoding="utf-8"), plots, md)
+    return list(found.values())
