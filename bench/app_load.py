@@ -1,0 +1,126 @@
+"""Load test on loopback: N concurrent gradio_client sessions call /recommend; all must be answered.
+
+    python bench/app_load.py [--sessions 20] [--url http://127.0.0.1:7860/]
+
+Without ``--url`` it starts ``python app.py`` on a free loopback port (the student limited by
+``--max-tokens``, default the app's 200) and stops it afterwards. Each session is its own
+``gradio_client.Client`` (own session hash, own queue position) and asks for a different ML-100K
+user, so the per-prompt memo never answers and every request really generates. Prints each
+request's latency, then p50/p95/max, the throughput and how many failed.
+
+What it shows: the queue (concurrency limit 2 on a 2-core CPU) serialises the student in llama.cpp,
+so latency grows linearly with the queue position while every request is still answered.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(max_tokens: int, log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_WAIT_POLICY": "PASSIVE",
+           "SLIM_STUDENT_MAX_TOKENS": str(max_tokens), "SLIM_QUEUE_SIZE": "256"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited; see {log}")
+        try:
+            urllib.request.urlopen(url + "config", timeout=2).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"app.py did not start; see {log}")
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--url", default=None)
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--log", default="/tmp/slim_app_load.log")
+    args = p.parse_args()
+
+    from gradio_client import Client
+
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_app(args.max_tokens, Path(args.log))
+    try:
+        # users 1..N of the dataset's id list, all distinct (ids are strings in ML-100K's file order)
+        sys.path.insert(0, str(ROOT))
+        from slim.data import load_dataset
+
+        users = [str(u) for u in load_dataset("ml-100k").user_ids[1:args.sessions + 1]]
+        clients = [Client(url, verbose=False) for _ in range(args.sessions)]
+        results: list[dict] = [{} for _ in range(args.sessions)]
+        barrier = threading.Barrier(args.sessions)
+
+        def one(k: int) -> None:
+            barrier.wait()
+            t0 = time.perf_counter()
+            try:
+                _, student, rows = clients[k].predict("ml-100k", users[k], api_name="/recommend")
+                ok = bool(rows) and len([r for r in rows if r["variant"] == rows[0]["variant"]]) == 10 and bool(student)
+                results[k] = {"user": users[k], "seconds": time.perf_counter() - t0, "ok": bool(ok)}
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                results[k] = {"user": users[k], "seconds": time.perf_counter() - t0, "ok": False,
+                              "error": f"{type(e).__name__}: {e}"[:200]}
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(args.sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        for r in sorted(results, key=lambda r: r["seconds"]):
+            print(json.dumps({**r, "seconds": round(r["seconds"], 2)}))
+        lat = [r["seconds"] for r in results]
+        print(json.dumps({
+            "sessions": args.sessions, "answered_ok": sum(r["ok"] for r in results),
+            "failed": sum(not r["ok"] for r in results),
+            "p50_s": round(statistics.median(lat), 2), "p95_s": round(pct(lat, 0.95), 2), "max_s": round(max(lat), 2),
+            "wall_s": round(wall, 2), "requests_per_min": round(60 * args.sessions / wall, 1),
+            "max_tokens": args.max_tokens, "load_average": os.getloadavg()[0],
+        }))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
