@@ -56,7 +56,7 @@ class FitConfig:
     seed: int = 0
     epochs: int = 200
     patience: int = 5  # evaluations without a new best validation NDCG@10
-    eval_every: int = 1
+    eval_every: int = 5
     dim: int = 64
     max_len: int = 50
     layers: int | None = None
