@@ -35,6 +35,7 @@ VARIANT_LABELS = {
     "match": "SLIM (text matching)", "match-step1": "SLIM-Step1", "match-step2": "SLIM-Step2",
     "match-step3": "SLIM-Step3", "match-teacher": "Teacher rationale (text matching)",
 }
+ID_BASED = ("id", "text", "teacher", "slim")  # the per-backbone rows; plots show the ones present
 BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "srgnn": "SRGNN", "none": "-"}
 
 
@@ -190,7 +191,7 @@ def eval_arrays(layout: RunLayout, report: dict, backbone: str, variant: str, pr
 
 
 def popularity_table(layout: RunLayout, report: dict, backbone: str = "sasrec",
-                     variants: Sequence[str] = ("id", "slim"), markdown: bool = True) -> str | None:
+                     variants: Sequence[str] = ID_BASED, markdown: bool = True) -> str | None:
     """EFD@10 / EPC@10 (paper Table 8; higher = more long-tail) from the full-ranking top-10 lists."""
     rows = []
     for v in variants:
@@ -226,7 +227,7 @@ def sparsity_groups(layout: RunLayout, report: dict, backbone: str, variant: str
     }
 
 
-def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ("id", "slim"),
+def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ID_BASED,
                   protocol: str = "full", out: Path | None = None, metric: str = "NDCG@10") -> Path | None:
     """Grouped bars of ``metric`` per user-sparsity group; PNG path, or None if nothing to plot."""
     data = {v: sparsity_groups(layout, report, backbone, v, protocol, metric=metric) for v in variants}
@@ -244,8 +245,9 @@ def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
     fig, ax = plt.subplots(figsize=(7, 4))
     label = BACKBONE_LABELS.get(backbone, backbone)
     for i, (v, d) in enumerate(data.items()):
-        ax.bar(x + (i - (len(data) - 1) / 2) * width, np.array(d["mean"]) * 100, width,
-               yerr=np.array(d["std"]) * 100, capsize=3, label=VARIANT_LABELS[v].format(X=label))
+        mean, std = np.array(d["mean"]) * 100, np.array(d["std"]) * 100
+        ax.bar(x + (i - (len(data) - 1) / 2) * width, mean, width, yerr=[np.minimum(std, mean), std],
+               capsize=3, label=VARIANT_LABELS[v].format(X=label))
     ax.set_xticks(x, [f"{lo}-{hi}" for lo, hi in bounds])
     ax.set_xlabel("history length (5 equal user groups, sparse -> dense)")
     ax.set_ylabel(f"{metric} x100 ({PROTOCOL_TITLES[protocol]})")
@@ -259,10 +261,12 @@ def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
     return out
 
 
-def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ("id", "slim"),
-                  out: Path | None = None) -> Path | None:
-    """Paper Fig. 6/7 shape: items sorted by training popularity (x), how often each lands in the
-    top-10 lists (y, summed over users, mean over seeds). A flatter right tail = more long-tail items."""
+def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ID_BASED,
+                  out: Path | None = None, n_bins: int = 20) -> Path | None:
+    """Paper Fig. 6/7 shape: items sorted by training popularity and cut into ``n_bins`` equal bins
+    (x, most popular first); y = share of all top-10 slots that go to each bin (mean over seeds).
+    More mass on the right = more long-tail recommendations. Bins, not single items: per-item
+    counts over a few hundred users are too sparse to read."""
     got = load_npz(layout.eval_dataset_file(report["split"]))
     runs = {v: eval_arrays(layout, report, backbone, v, "full") for v in variants}
     runs = {v: r for v, r in runs.items() if r and "topk" in r[0][1]}
@@ -270,6 +274,7 @@ def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
         return None
     pop = got[1]["item_popularity"]
     order = np.argsort(-pop[1:], kind="stable") + 1  # most popular first; padding excluded
+    bins = np.array_split(order, n_bins)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,13 +282,20 @@ def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
 
     fig, ax = plt.subplots(figsize=(7, 4))
     label = BACKBONE_LABELS.get(backbone, backbone)
+    x = np.arange(1, n_bins + 1)
     for v, rs in runs.items():
-        freq = np.mean([np.bincount(arr["topk"].ravel(), minlength=len(pop)) for _, arr in rs], axis=0)
-        ax.plot(np.arange(1, len(order) + 1), freq[order], lw=0.8, label=VARIANT_LABELS[v].format(X=label))
-    ax.set_yscale("symlog")
-    ax.set_xlabel("items sorted by training popularity (most popular first)")
-    ax.set_ylabel("times in a top-10 list")
-    ax.set_title(f"{report['dataset']} {report['split']}: recommendation frequency vs item popularity", fontsize=9)
+        shares = []
+        for _, arr in rs:
+            freq = np.bincount(arr["topk"].ravel(), minlength=len(pop)).astype(np.float64)
+            shares.append([freq[b].sum() / max(freq.sum(), 1) for b in bins])
+        ax.plot(x, 100 * np.mean(shares, 0), marker="o", ms=3, label=VARIANT_LABELS[v].format(X=label))
+    share_train = [pop[b].sum() / max(pop.sum(), 1) for b in bins]
+    ax.plot(x, 100 * np.array(share_train), ls="--", color="grey", label="training interactions")
+    ax.set_yscale("log")
+    ax.set_xticks(x[::2])
+    ax.set_xlabel(f"item popularity bin ({n_bins} equal bins, most popular first)")
+    ax.set_ylabel("% of top-10 slots")
+    ax.set_title(f"{report['dataset']} {report['split']}: where the top-10 lists go (full ranking)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = out or layout.plots_dir / f"longtail-{report['split']}-{backbone}.png"
