@@ -86,16 +86,19 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
 
     feed = Inputs(dataset, layout)
     notes: list[str] = []
-    plan: list[tuple[VariantSpec, str, int]] = []
+    ready: list[VariantSpec] = []
     for name in args.variant_list:
         s = spec(name)
         why = missing_reason(s, args, layout, dataset)
         if why:
             print(why, flush=True)
             notes.append(why)
-            continue
-        for backbone in (args.backbone_list if s.has_backbone else ["none"]):
-            plan += [(s, backbone, seed) for seed in range(args.seeds)]
+        else:
+            ready.append(s)
+    # seed-major: after k seeds every row of the table exists with k seeds, so a grid stopped
+    # early (or still running) already gives a complete, if noisier, table
+    plan = [(s, backbone, seed) for seed in range(args.seeds) for s in ready
+            for backbone in (args.backbone_list if s.has_backbone else ["none"])]
 
     negatives = (sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
                  if "sampled" in protocols else None)
