@@ -204,3 +204,11 @@ def test_resume_ends_like_an_uninterrupted_run(small, tmp_path, monkeypatch):
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert resumed.valid_metrics == whole.valid_metrics
+
+
+@pytest.mark.parametrize("variant", ["id", "slim"])
+def test_srgnn_fast_last_position_equals_full_forward(small, item_text, user_text, variant):
+    m = _model("srgnn", variant, small, item_text if variant == "slim" else None, 384 if variant == "slim" else None)
+    seq = torch.as_tensor(history_matrix(small, np.arange(9), "test", 20))
+    uvec = torch.as_tensor(user_text["test"][:9]) if variant == "slim" else None
+    torch.testing.assert_close(m.last_hidden(seq, uvec), m.hidden(seq, uvec)[:, -1], rtol=0, atol=1e-5)

@@ -82,8 +82,25 @@ class SeqRecModel(nn.Module):
         h = self.hidden(seq, user_vec, table)
         return (h * table[pos]).sum(-1), (h * table[neg]).sum(-1)
 
+    def last_hidden(self, seq: torch.Tensor, user_vec: torch.Tensor | None = None,
+                    table: torch.Tensor | None = None) -> torch.Tensor:
+        """User representation at the last position only ``[B, d]`` (what scoring needs).
+
+        A backbone may offer ``forward_last`` when the last position is much cheaper alone
+        (SR-GNN's readout is O(L^2) for all positions, O(L) for one).
+        """
+        table = self.item_encoder.table() if table is None else table
+        if hasattr(self.backbone, "forward_last"):
+            h = self.backbone.forward_last(table[seq], seq)[:, None, :]
+        else:
+            h = self.backbone(table[seq], seq)[:, -1:]
+        if self.user_fusion is not None:
+            if user_vec is None:
+                raise ValueError("this model fuses a user rationale vector: pass user_vec")
+            h = self.user_fusion(h, user_vec)
+        return h[:, 0]
+
     def score_last(self, seq: torch.Tensor, user_vec: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of all items (column 0 = padding) from the last position ``[B, n_items + 1]``."""
         table = self.item_encoder.table()
-        h = self.hidden(seq, user_vec, table)[:, -1]
-        return h @ table.T
+        return self.last_hidden(seq, user_vec, table) @ table.T

@@ -56,15 +56,31 @@ class SRGNN(nn.Module):
         new = torch.tanh(i_n + reset * h_n)
         return (1 - update) * h + update * new
 
-    def forward(self, emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    def _nodes(self, emb: torch.Tensor, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state of each node inside a longer prefix, state of each node as the prefix's end)."""
         real = (seq > 0).unsqueeze(-1).to(emb.dtype)  # [B, L, 1]
         h = self.drop(emb) * real
         e_in = self.linear_edge_in(h) * real
         e_out = self.linear_edge_out(h) * real
         msg_in = F.pad(e_in, (0, 0, 1, 0))[:, :-1]  # message from the previous node (0 before the first)
         msg_out = F.pad(e_out, (0, 0, 0, 1))[:, 1:]  # message from the next node
-        h_full = self._cell(h, msg_in, msg_out) * real  # node state inside a longer prefix
-        h_last = self._cell(h, msg_in, torch.zeros_like(msg_out)) * real  # node state as the prefix end
+        h_full = self._cell(h, msg_in, msg_out) * real
+        h_last = self._cell(h, msg_in, torch.zeros_like(msg_out)) * real
+        return h_full, h_last
+
+    def forward_last(self, emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The readout of the whole sequence only ``[B, d]`` (= ``forward(...)[:, -1]``, O(L) not O(L^2))."""
+        h_full, h_last = self._nodes(emb, seq)
+        v_n, q1 = h_last[:, -1], self.linear_one(h_last[:, -1])
+        earlier = h_full[:, :-1]
+        alpha = self.linear_three(torch.sigmoid(q1[:, None, :] + self.linear_two(earlier)))
+        alpha = alpha * (seq[:, :-1] > 0).unsqueeze(-1).to(alpha.dtype)
+        alpha_self = self.linear_three(torch.sigmoid(q1 + self.linear_two(v_n)))
+        s_g = (alpha * earlier).sum(1) + alpha_self * v_n
+        return self.linear_transform(torch.cat([s_g, v_n], -1))
+
+    def forward(self, emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        h_full, h_last = self._nodes(emb, seq)
 
         q1 = self.linear_one(h_last)  # query of prefix t: its last node
         q2_full = self.linear_two(h_full)
