@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     from .pipeline import load_data, rationale_report, run_grid
 
     layout = RunLayout.for_dataset(args.dataset, args.out)
-    dataset, user_sample = load_data(args)
     if args.rationales:
-        rationale_report(args, layout, dataset)
+        from slim.data import load_dataset
+
+        rationale_report(args, layout, load_dataset(args.dataset, args.data_dir))
         return None
+    dataset, user_sample = load_data(args)
     t0 = time.time()
     protocols = PROTOCOL_CHOICES[args.protocol]
     cmd = command_line(argv)

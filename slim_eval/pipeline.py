@@ -137,28 +137,46 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
     return results, notes
 
 
-def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
-    """``--rationales``: rationale quality of every rationales/*.jsonl, via slim.rationale_quality.
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
 
-    Hook contract (docs/CONTRACTS.md): ``slim.rationale_quality.quality_report(dataset, path) -> dict``
-    of name -> number (JSON-serialisable). Until that module lands this prints what is missing.
+
+def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
+    """``--rationales``: quality of every rationales/*.jsonl via ``slim.rationale_quality.quality_report``.
+
+    Every file but the teacher's is also compared with the teacher file (ROUGE-L, BLEU, embedding
+    cosine on the users both cover). Uses the full dataset: rationale files name their own users,
+    so a --users sample would only drop rows. Writes rationale-quality.json and prints one table.
     """
     try:
         from slim import rationale_quality
     except ImportError:
-        print("rationale quality: slim/rationale_quality.py is not there yet (expected "
-              "quality_report(dataset, path) -> dict); nothing to report")
+        print("rationale quality: slim/rationale_quality.py is missing (expected "
+              "quality_report(dataset, path, reference_path=None) -> dict); nothing to report")
         return None
     files = sorted(layout.rationales_dir.glob("*.jsonl")) if layout.rationales_dir.is_dir() else []
     if not files:
         print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
               f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")
         return None
-    out = {}
+    from .report import render
+
+    teacher = layout.rationales("teacher")
+    out: dict[str, dict] = {}
     for path in files:
-        out[path.stem] = rationale_quality.quality_report(dataset, path)
-        print(f"{path.stem}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in out[path.stem].items()))
+        ref = teacher if path != teacher and teacher.exists() else None
+        out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref)
+    flat = {name: _flatten(rep) for name, rep in out.items()}
+    cols = sorted({c for f in flat.values() for c in f})
+    cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [[c, *(cell(flat[n].get(c)) for n in flat)] for c in cols]
+    print(render(["measure", *flat], rows, markdown=False))
     write_json(layout.rationale_quality, {"dataset": dataset.name, "files": out})
     print(f"wrote {layout.rationale_quality}")
     return out

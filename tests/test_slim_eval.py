@@ -225,3 +225,20 @@ def test_layout_paths():
     assert lay.report("test") == Path("/r/report.json") and lay.report("valid", "md") == Path("/r/report-valid.md")
     assert lay.eval_file("test", "sasrec-id-seed0", "full") == Path("/r/eval/test/sasrec-id-seed0-full.npz")
     assert lay.checkpoints_dir == Path("/r/checkpoints")
+
+
+def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
+    """--rationales: no fitting; one table over rationales/*.jsonl, student compared with teacher."""
+    from slim.data import load_dataset
+
+    ds = load_dataset("ml-100k")
+    lay = RunLayout(tmp_path / "rq")
+    _write_rationales(lay.rationales("teacher"), ds.user_ids[:10], coverage=1.0)
+    _write_rationales(lay.rationales("student"), ds.user_ids[:20], coverage=1.0)
+    assert main(["--rationales", "--out", str(lay.root)]) is None
+    text = capsys.readouterr().out
+    assert "format_compliance" in text and "vs_reference.rougeL_f1" in text
+    saved = read_json(lay.rationale_quality)
+    assert set(saved["files"]) == {"teacher", "student"}
+    assert saved["files"]["student"]["vs_reference"]["pairs"] == 20  # 10 users x 2 splits
+    assert not (lay.root / "checkpoints").exists()
