@@ -340,12 +340,14 @@ def regenerate(run_dir: str | Path, split: str = "test") -> str:
     if report is None:
         raise FileNotFoundError(f"{layout.report(split, 'json')}: no report; run python -m slim_eval first")
     old = layout.report(split, "md")
-    command = None
-    if old.exists():
+    command, notes = None, []
+    if old.exists():  # keep what only the producing run knew: its command line and notes
         text = old.read_text(encoding="utf-8")
         if "```\n" in text:
             command = text.split("```\n", 1)[1].split("\n```", 1)[0]
-    md = markdown(layout, report, command)
+        if "\nNotes:\n\n" in text:
+            notes = [ln[2:] for ln in text.split("\nNotes:\n\n", 1)[1].splitlines() if ln.startswith("- ")]
+    md = markdown(layout, report, command, notes)
     old.write_text(md, encoding="utf-8")
     return md
 

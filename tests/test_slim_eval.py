@@ -129,6 +129,7 @@ def test_regenerate_without_refit(first_run):
     before = checkpoint_state(out)
     md = regenerate(out)
     assert "Popularity bias" in md and "EFD@10" in md
+    assert "python -m slim_eval" in md and "wall time of this invocation" in md  # command + notes kept
     assert (out / "plots" / "sparsity-test-sasrec-full.png").stat().st_size > 1000
     assert (out / "plots" / "longtail-test-sasrec.png").stat().st_size > 1000
     groups = sparsity_groups(RunLayout(out), report, "sasrec", "id")
