@@ -116,6 +116,10 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         if s.rationales:
             ut = feed.user_text(s)
             user_text = ut.vectors
+            note = (f"{s.name}: rationale vectors from {ut.source} (step {s.step or '1-3'}), coverage "
+                    + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ut.coverage.items()) + "; missing users get zeros")
+            if note not in notes:
+                notes.append(note)
         cfg_kwargs = {"backbone": backbone, "variant": s.model_variant, "seed": seed, "tag": s.tag}
         if args.epochs is not None:
             cfg_kwargs["epochs"] = args.epochs

@@ -12,7 +12,7 @@ sparsity groups) and, under ``full``, each user's top-10 list with its EPC@10/EF
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ class SeedResult:
     best_epoch: int
     eval_file: Path
     reused: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def eval_key(fitted, dataset: SequentialDataset, split: str, protocol: str) -> dict:
