@@ -6,7 +6,8 @@ Why a separate venv: RecBole 1.2.1 pins old packages (colorlog, colorama, ray) a
 numpy 2 / torch 2.6+; it must never touch the project's venv. The venv (default ``bench/.venv``,
 gitignored) is created on first use with the torch wheel the project uses, RecBole with
 ``--no-deps`` and its runtime deps minus ray. Shims, applied in the child process only:
-numpy 2 aliases (np.float, np.int, ...), ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, no ray.
+numpy 2 aliases (np.float, np.int, ...), ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, no ray; pandas < 3
+(RecBole predates copy-on-write).
 
 What one "epoch" is on each side (both see every training target of every user once):
 - RecBole: every prefix of every training sequence is a sample (~97k for ML-100K), CE loss over
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RECBOLE_DEPS = [
-    "numpy", "scipy", "pandas", "tqdm", "colorlog==4.7.2", "colorama==0.4.4", "scikit-learn", "pyyaml",
+    "numpy", "scipy", "pandas>=2.2.2,<3", "tqdm", "colorlog==4.7.2", "colorama==0.4.4", "scikit-learn", "pyyaml",
     "tensorboard", "thop", "tabulate", "plotly", "texttable", "psutil",
 ]
 
