@@ -79,7 +79,7 @@ def _styled(df: pd.DataFrame):
         return df
     return df.style.apply(
         lambda row: ["background-color: #fde68a; font-weight: 600" if row["next_item"] else "" for _ in row], axis=1
-    )
+    ).format({"score": "{:.3f}"})
 
 
 def _tables(req: Request, ranked: list[Ranked]) -> tuple[Any, Any]:
