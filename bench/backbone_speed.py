@@ -46,8 +46,10 @@ CHILD = textwrap.dedent(
                       "complex": complex, "str": str, "unicode": str}.items():
         if not hasattr(np, name):
             setattr(np, name, typ)          # numpy 2 removed these aliases; RecBole 1.2.1 still uses some
-    if not hasattr(np, "float_"):
-        np.float_ = np.float64
+    for name, typ in {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
+                      "string_": np.bytes_, "bool8": np.bool_}.items():
+        if name not in np.__dict__:
+            setattr(np, name, typ)          # RecBole's compatibility_settings() reads these
     import torch
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     from recbole.config import Config
