@@ -127,6 +127,10 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         fitted = fit(dataset, cfg, layout.checkpoints_dir, item_text=item_text, user_text=user_text,
                      progress=not args.no_progress)
         fit_s = time.perf_counter() - t0
+        conf = {k: v for k, v in fitted.record["key"]["config"].items() if k not in ("seed", "variant", "tag")}
+        note = f"FitConfig {backbone}: " + ", ".join(f"{k}={v}" for k, v in conf.items() if k != "backbone")
+        if not any(n.startswith(f"FitConfig {backbone}:") for n in notes):
+            notes.append(note)
         line = [f"[{i}/{len(plan)}] {name}: best epoch {fitted.best_epoch}"
                 f" (valid NDCG@10 {100 * fitted.valid_metrics.get('NDCG@10', float('nan')):.2f}), {fit_s:.1f} s"]
         for protocol in protocols:
