@@ -260,6 +260,38 @@ def build() -> gr.Blocks:
     return demo
 
 
+def _patient_localhost_check() -> None:
+    """Give gradio's start-up self-check more time.
+
+    ``launch()`` HEADs its own URL with a 3 s timeout and, on one timeout, aborts with "localhost is
+    not accessible". On a CPU shared with training jobs (load average 10+ on 2 cores, measured) the
+    first request to render the page can take longer than that, so the app died at start-up in tests.
+    Same check, patient: up to ~60 s of retries.
+    """
+    from gradio import networking
+
+    original = getattr(networking, "url_ok", None)
+    if original is None:
+        return
+
+    def url_ok(url: str) -> bool:
+        import time
+
+        import httpx
+
+        for _ in range(12):
+            try:
+                r = httpx.head(url, timeout=5, verify=False)
+                if r.status_code in (200, 401, 301, 302, 303, 307, 308):
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return original(url)
+
+    networking.url_ok = url_ok
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -270,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         service.warm_up()
     demo = build()
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    _patient_localhost_check()
     demo.launch(server_name=args.host, server_port=args.port, show_error=True, max_file_size="5mb",
                 allowed_paths=[str(ROOT / "runs"), str(ROOT / "assets")], css=CSS, footer_links=["api"],
                 ssr_mode=False)  # default theme: its fonts are bundled, nothing is fetched from a CDN
