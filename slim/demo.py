@@ -434,20 +434,22 @@ class DemoService:
 
     # ---- cached teacher rationales ----------------------------------------------------------
     def cached_teacher(self, name: str, user_id: str) -> dict | None:
-        """The teacher row for this user's test history (seq[:-1]) if a teacher run wrote one."""
+        """The teacher row for this user (test split = seq[:-1], else valid = seq[:-2]) if a teacher run wrote one."""
         from .rationales import RationaleStore
 
-        for d in self.run_dirs(name):
-            path = d / "rationales" / "teacher.jsonl"
+        candidates = [d / "rationales" / "teacher.jsonl" for d in self.run_dirs(name)]
+        candidates.insert(1, self.root / "assets" / "rationales" / name / "teacher.jsonl")  # shipped with the Space
+        for path in candidates:
             if path.exists():
                 with self._lock:
                     key = ("teacher-store", str(path))
                     if key not in self._modules:
                         self._modules[key] = RationaleStore(path)
                     store = self._modules[key]
-                row = store.rows.get((str(user_id), "test"))
-                if row and row.get("status") == "ok":
-                    return row
+                for split in ("test", "valid"):  # test: from seq[:-1] like the demo; valid: one item shorter
+                    row = store.rows.get((str(user_id), split))
+                    if row and row.get("status") == "ok":
+                        return {**row, "_source": str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)}
         return None
 
     # ---- generation ----------------------------------------------------------------------
@@ -499,8 +501,11 @@ class DemoService:
         cached = self.cached_teacher(req.dataset, req.user_id) if req.is_dataset_user else None
         if cached:
             teacher.model, teacher.text, teacher.status = cached.get("model", "teacher"), cached["rationale"], "cached"
-            teacher.note = (f"cached teacher rationale from the training run ({cached.get('seconds', 0):.1f} s, "
-                            f"{cached.get('completion_tokens', 0)} tokens when generated)")
+            which = ("same history" if cached["split"] == "test"
+                     else "written for the training prefix: the history minus its last item")
+            teacher.note = (f"cached teacher rationale from `{cached['_source']}` ({which}; "
+                            f"{float(cached.get('seconds') or 0):.1f} s, {cached.get('completion_tokens', 0)} tokens "
+                            "when generated)")
         else:
             live = self._safe(self.teacher)
             if live is None:
