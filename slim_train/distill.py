@@ -457,8 +457,16 @@ def hardware() -> str:
     return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill`/`timeout` then saves a checkpoint like Ctrl-C does
+
+
 def main(args: argparse.Namespace) -> None:
+    import signal
+
     import torch
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
     from slim.data import load_dataset
     from slim.weights import STUDENT_NAME
