@@ -85,8 +85,9 @@ def convert_lora(adapter_dir: str | Path, base_dir: str | Path, out: str | Path 
     f32 by default: the adapter is tiny (a few MB) and f32 keeps llama.cpp's output identical to
     the reference path.
     """
-    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
-    out = Path(out) if out else adapter_dir / "adapter.gguf"
+    # absolute: the converter runs with cwd=its own folder, so relative paths would point there
+    adapter_dir, base_dir = Path(adapter_dir).resolve(), Path(base_dir).resolve()
+    out = Path(out).resolve() if out else adapter_dir / "adapter.gguf"
     script_dir = converter_dir(cache_dir=cache_dir)
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(script_dir)}

@@ -67,9 +67,9 @@ def _default_model(engine: str) -> str:
 
     if engine == "llama.cpp":
         return str(student_gguf_path())
-    from slim.student import student_hf_folder  # converted once from the same GGUF
+    from slim.student import student_hf_path  # converted once from the same GGUF
 
-    return str(student_hf_folder())
+    return str(student_hf_path())
 
 
 def main(args: argparse.Namespace) -> None:
