@@ -155,6 +155,25 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
+    """User ids whose teacher rationales trained the student (the adapter's metrics.json).
+
+    The run's own adapter first, else the shipped one in assets/student when it was distilled on
+    this dataset; its validation users stay in (they were held out of training).
+    """
+    import json
+    from pathlib import Path
+
+    for path in (layout.root / "distill" / "adapter" / "metrics.json", Path("assets/student/metrics.json")):
+        if path.exists():
+            m = json.loads(path.read_text())
+            if m.get("dataset") != dataset_name:
+                continue
+            held_out = set(m.get("data", {}).get("val_users", []))
+            return {str(u[0] if isinstance(u, list) else u) for u in m.get("users", [])} - held_out
+    return set()
+
+
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
     """``--rationales``: quality of every rationales/*.jsonl via ``slim.rationale_quality.quality_report``.
 
@@ -176,10 +195,13 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
     from .report import render
 
     teacher = layout.rationales("teacher")
+    trained_on = distilled_users(layout, dataset.name)
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None
-        out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref)
+        # agreement with the teacher only on users the student was NOT distilled on
+        out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref,
+                                                          exclude_users=trained_on)
     flat = {name: _flatten(rep) for name, rep in out.items()}
     cols = sorted({c for f in flat.values() for c in f})
     cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slim.data import SequentialDataset, load_dataset
+from slim.data import load_dataset, sample_users
 from slim.prompts import student_messages, teacher_messages
 from slim.rationales import RationaleStore, make_row, prompt_for
 from slim.reasoners import GenerationParams
@@ -38,6 +38,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--name", default="student", help="output file rationales/<name>.jsonl")
+    p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
+                   "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
 
 
 # ---- llama.cpp worker processes (one Llama each; module-level so they pickle) -------------
@@ -76,8 +78,9 @@ def main(args: argparse.Namespace) -> None:
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
-    users = np.arange(ds.n_users) if args.users is None else \
-        np.sort(np.random.default_rng(args.seed).permutation(ds.n_users)[: args.users])
+    users = sample_users(ds, args.users, args.seed)  # the same sample as `slim_eval --users N --user-seed S`
+    if args.user_ids:
+        users = _select_ids(ds, args.user_ids)
     splits = [s.strip() for s in args.splits.split(",")]
     jobs = [(int(u), s) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
     params = GenerationParams(max_tokens=args.max_tokens)
@@ -106,6 +109,21 @@ def main(args: argparse.Namespace) -> None:
     bar.close()
     ok = len(store.ok_rows())
     print(f"{ok} ok rows of {len(store)} in {store.path} ({(time.time() - t0):.0f}s this run)")
+
+
+def _select_ids(ds, spec: str) -> np.ndarray:
+    """User indices from "1,2,3" or "@rows.jsonl" (its user_id fields); unknown ids are an error."""
+    import json
+
+    if spec.startswith("@"):
+        ids = {json.loads(l)["user_id"] for l in Path(spec[1:]).read_text().splitlines() if l.strip()}
+    else:
+        ids = {i.strip() for i in spec.split(",") if i.strip()}
+    index = {str(u): i for i, u in enumerate(ds.user_ids)}
+    unknown = sorted(ids - index.keys())
+    if unknown:
+        raise SystemExit(f"--user-ids: {len(unknown)} id(s) not in {ds.name}, e.g. {unknown[:5]}")
+    return np.sort([index[i] for i in ids])
 
 
 def _cuda() -> bool:
