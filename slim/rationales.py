@@ -23,6 +23,10 @@ from .reasoners import Generation, GenerationParams, Reasoner
 PromptFn = Callable[[Sequence[str]], Messages]
 
 
+class EndpointDown(RuntimeError):
+    """The reasoner failed several calls in a row: stop instead of writing error rows."""
+
+
 class RationaleStore:
     """Append-only JSONL of rationale rows keyed by (user_id, split)."""
 
@@ -118,8 +122,13 @@ def write_rationales(
     role: str,
     batch_size: int = 1,
     retry_errors: bool = True,
+    max_consecutive_errors: int = 3,
 ) -> Iterator[dict]:
-    """Generate missing rows, append each as soon as its batch is done, yield it (for progress)."""
+    """Generate missing rows, append each as soon as its batch is done, yield it (for progress).
+
+    Stops with :class:`EndpointDown` after ``max_consecutive_errors`` failed calls in a row: a dead
+    endpoint must not turn every remaining user into an error row.
+    """
     todo = []
     for u in users:
         for split in splits:
@@ -131,6 +140,7 @@ def write_rationales(
                 # transient endpoint errors are retried; keep the old row out of the way
                 store.rows.pop(key)
                 todo.append((u, split))
+    errors = 0
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         prompts = [prompt_for(dataset, u, s, prompt_fn) for u, s in chunk]
@@ -139,3 +149,7 @@ def write_rationales(
             row = make_row(dataset, u, s, messages, gen, params, role)
             store.append(row)
             yield row
+            errors = errors + 1 if gen.error else 0
+            if errors >= max_consecutive_errors:
+                raise EndpointDown(f"{errors} failed calls in a row (last: {gen.error}); finished rows are "
+                                   f"kept in {store.path}; fix the endpoint and rerun to resume")

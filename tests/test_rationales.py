@@ -79,3 +79,16 @@ def test_kill_9_then_resume_never_duplicates(tmp_path, ml100k):
     keys = [(r["user_id"], r["split"]) for r in rows]
     assert len(keys) == len(set(keys)) == 12
     assert {r["user_id"] for r in rows} == {str(ml100k.user_ids[u]) for u in range(12)}
+
+
+def test_dead_endpoint_stops_after_a_few_errors(tmp_path, ml100k):
+    from slim.prompts import student_messages
+    from slim.rationales import EndpointDown, write_rationales
+    from slim.reasoners import GenerationParams, OpenAIChatReasoner
+
+    store = RationaleStore(tmp_path / "t.jsonl")
+    dead = OpenAIChatReasoner("http://127.0.0.1:9/v1", "nobody", max_retries=0, timeout=2)
+    with pytest.raises(EndpointDown, match="3 failed calls in a row"):
+        list(write_rationales(dead, ml100k, range(50), ["valid"], store, student_messages,
+                              GenerationParams(max_tokens=8), role="teacher"))
+    assert len(store) == 3  # not 50 error rows
