@@ -196,12 +196,15 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
 
     teacher = layout.rationales("teacher")
     trained_on = distilled_users(layout, dataset.name)
+    from slim.encoders import TextEncoder
+
+    encoder = TextEncoder(cache_dir=layout.text_cache_dir)  # MiniLM cosine of student vs teacher text
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None
         # agreement with the teacher only on users the student was NOT distilled on
         out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref,
-                                                          exclude_users=trained_on)
+                                                          exclude_users=trained_on, encoder=encoder)
     flat = {name: _flatten(rep) for name, rep in out.items()}
     cols = sorted({c for f in flat.values() for c in f})
     cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
