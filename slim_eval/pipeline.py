@@ -156,22 +156,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
-    """User ids whose teacher rationales trained the student (the adapter's metrics.json).
+    """User ids whose teacher rationales trained this run's student (its adapter's metrics.json).
 
-    The run's own adapter first, else the shipped one in assets/student when it was distilled on
-    this dataset; its validation users stay in (they were held out of training).
+    Only the run's own adapter counts: a student distilled elsewhere says nothing about these
+    rows. Its validation users stay in (they were held out of training).
     """
     import json
-    from pathlib import Path
 
-    for path in (layout.root / "distill" / "adapter" / "metrics.json", Path("assets/student/metrics.json")):
-        if path.exists():
-            m = json.loads(path.read_text())
-            if m.get("dataset") != dataset_name:
-                continue
-            held_out = set(m.get("data", {}).get("val_users", []))
-            return {str(u[0] if isinstance(u, list) else u) for u in m.get("users", [])} - held_out
-    return set()
+    path = layout.root / "distill" / "adapter" / "metrics.json"
+    if not path.exists():
+        return set()
+    m = json.loads(path.read_text())
+    if m.get("dataset") not in (None, dataset_name):
+        return set()
+    held_out = set(m.get("data", {}).get("val_users", []))
+    return {str(u[0] if isinstance(u, list) else u) for u in m.get("users", [])} - held_out
 
 
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
