@@ -145,15 +145,11 @@ class Ranked:
 
 
 def rationale_text(text: str) -> str:
-    """The text that is encoded as the user's rationale vector: the 3 parsed steps joined, else the raw text.
+    """The text encoded as the user's rationale vector, built exactly as for the fitted models."""
+    from .rationales import rationale_text as row_text
 
-    Mirrors ``slim_eval.inputs.rationale_text`` (slim cannot import slim_eval), so the vector a
-    fitted model receives here is built the way its training vectors were.
-    """
     parsed = parse_steps(text)
-    if parsed.ok:
-        return "\n".join(s.strip() for s in parsed.steps if s.strip())
-    return text.strip()
+    return row_text({"status": "ok", "steps": parsed.steps, "rationale": text}) or ""
 
 
 @dataclass

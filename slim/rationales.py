@@ -153,3 +153,21 @@ def write_rationales(
             if errors >= max_consecutive_errors:
                 raise EndpointDown(f"{errors} failed calls in a row (last: {gen.error}); finished rows are "
                                    f"kept in {store.path}; fix the endpoint and rerun to resume")
+
+
+def rationale_text(row: dict, step: int | None = None) -> str | None:
+    """The text to encode for a rationale row: one step, or the 3 parsed steps joined, else the raw text.
+
+    Rejected or errored rows give None: a malformed generation is not evidence about the user.
+    """
+    if row.get("status") != "ok":
+        return None
+    steps = row.get("steps")
+    if step is not None:
+        if not steps or len(steps) < step or not str(steps[step - 1]).strip():
+            return None
+        return str(steps[step - 1]).strip()
+    if steps:
+        return "\n".join(str(s).strip() for s in steps if str(s).strip())
+    text = str(row.get("rationale") or "").strip()
+    return text or None

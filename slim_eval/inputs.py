@@ -17,26 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from slim.data import SequentialDataset
+from slim.rationales import rationale_text  # noqa: F401  (re-exported: the one definition)
 
 SPLITS = ("valid", "test")
-
-
-def rationale_text(row: dict, step: int | None = None) -> str | None:
-    """The text to encode for a rationale row: one step, or the 3 parsed steps joined, else the raw text.
-
-    Rejected or errored rows give None: a malformed generation is not evidence about the user.
-    """
-    if row.get("status") != "ok":
-        return None
-    steps = row.get("steps")
-    if step is not None:
-        if not steps or len(steps) < step or not str(steps[step - 1]).strip():
-            return None
-        return str(steps[step - 1]).strip()
-    if steps:
-        return "\n".join(str(s).strip() for s in steps if str(s).strip())
-    text = str(row.get("rationale") or "").strip()
-    return text or None
 
 
 @dataclass
