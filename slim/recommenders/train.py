@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slim.data import REPO_ROOT, SequentialDataset, Split
+from slim.artifacts import code_version, sha256_array
+from slim.data import SequentialDataset, Split
 from slim.metrics import dataset_fingerprint, evaluate
 from slim.recommenders import BACKBONES, USER_TEXT_VARIANTS, VARIANTS, build_model
 
@@ -197,25 +197,9 @@ class NegativeSampler:
 # provenance
 # ---------------------------------------------------------------------------------------
 
-def array_sha(a: np.ndarray | None) -> str | None:
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    h = hashlib.sha256(str(a.shape).encode())
-    h.update(a.tobytes())
-    return h.hexdigest()[:16]
+# one provenance mechanism (slim.artifacts): the same hashes name checkpoints and eval files
+array_sha = sha256_array
 
-
-def code_version() -> str:
-    """``git rev-parse HEAD`` (+ "-dirty" when slim/ has uncommitted changes); "unknown" outside git."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "slim"], cwd=REPO_ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return (rev or "unknown") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_text) -> dict[str, Any]:
