@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the local llama.cpp server is stopped instead of orphaned
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
