@@ -261,7 +261,7 @@ class DemoService:
         self.data_dir = resolve_data_dir(data_dir)
         self.student_params = GenerationParams(max_tokens=student_max_tokens)
         self.teacher_params = GenerationParams(max_tokens=teacher_max_tokens)
-        self.n_threads = n_threads or int(os.environ.get("SLIM_THREADS", "2"))
+        self.n_threads = n_threads or int(os.environ.get("SLIM_THREADS", "1"))
         self._lock = threading.RLock()
         self._model_locks = {"student": threading.Lock(), "teacher": threading.Lock()}
         self._datasets: dict[str, SequentialDataset] = {}
