@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=200, help="the app's default (SLIM_STUDENT_MAX_TOKENS)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--history", type=int, default=20)
     args = p.parse_args()
 
