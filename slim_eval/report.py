@@ -227,6 +227,18 @@ def sparsity_groups(layout: RunLayout, report: dict, backbone: str, variant: str
     }
 
 
+def _save_figure(fig, ax, out: Path) -> Path:
+    """Legend, layout, write the PNG and free the figure: the same last steps for every plot."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ID_BASED,
                   protocol: str = "full", out: Path | None = None, metric: str = "NDCG@10") -> Path | None:
     """Grouped bars of ``metric`` per user-sparsity group; PNG path, or None if nothing to plot."""
@@ -252,13 +264,7 @@ def sparsity_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
     ax.set_xlabel("history length (5 equal user groups, sparse -> dense)")
     ax.set_ylabel(f"{metric} x100 ({PROTOCOL_TITLES[protocol]})")
     ax.set_title(f"{report['dataset']} {report['split']}: one model per variant, evaluated per group", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = out or layout.plots_dir / f"sparsity-{report['split']}-{backbone}-{protocol}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, ax, out or layout.plots_dir / f"sparsity-{report['split']}-{backbone}-{protocol}.png")
 
 
 def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", variants: Sequence[str] = ID_BASED,
@@ -296,13 +302,7 @@ def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
     ax.set_xlabel(f"item popularity bin ({n_bins} equal bins, most popular first)")
     ax.set_ylabel("% of top-10 slots")
     ax.set_title(f"{report['dataset']} {report['split']}: where the top-10 lists go (full ranking)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = out or layout.plots_dir / f"longtail-{report['split']}-{backbone}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, ax, out or layout.plots_dir / f"longtail-{report['split']}-{backbone}.png")
 
 
 # ---------------------------------------------------------------------------------------
