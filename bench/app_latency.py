@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=200, help="the app's default (SLIM_STUDENT_MAX_TOKENS)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: --threads)")
     p.add_argument("--history", type=int, default=20)
     args = p.parse_args()
 
@@ -35,7 +36,7 @@ def main() -> None:
     from slim.prompts import student_messages
     from slim.reasoners import GenerationParams
 
-    svc = DemoService(student_max_tokens=args.max_tokens, n_threads=args.threads)
+    svc = DemoService(student_max_tokens=args.max_tokens, n_threads=args.threads, n_threads_batch=args.threads_batch)
     ds = svc.dataset("ml-100k")
     t0 = time.perf_counter()
     student = svc.student()
@@ -64,7 +65,7 @@ def main() -> None:
     full = statistics.median(r["full_s"] for r in rows)
     print(json.dumps({
         "model": student.model_name, "history_items": args.history, "max_tokens": args.max_tokens,
-        "threads": args.threads, "load_s": round(load_s, 2),
+        "threads": args.threads, "threads_batch": svc.n_threads_batch, "load_s": round(load_s, 2),
         "median_first_token_s": ft, "median_full_s": full,
         "median_tokens": statistics.median(r["tokens"] for r in rows),
         "goal_first_token_s": 1.5, "goal_full_s": 6.0,

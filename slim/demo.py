@@ -256,12 +256,14 @@ class DemoService:
 
     def __init__(self, root: Path = REPO_ROOT, data_dir: str | Path | None = None,
                  student_max_tokens: int = STUDENT_MAX_TOKENS, teacher_max_tokens: int = TEACHER_MAX_TOKENS,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, n_threads_batch: int | None = None):
         self.root = Path(root)
         self.data_dir = resolve_data_dir(data_dir)
         self.student_params = GenerationParams(max_tokens=student_max_tokens)
         self.teacher_params = GenerationParams(max_tokens=teacher_max_tokens)
         self.n_threads = n_threads or int(os.environ.get("SLIM_THREADS", "1"))
+        # the prompt pass uses every core (llama.cpp's own default): it sets the time to the first token
+        self.n_threads_batch = n_threads_batch or int(os.environ.get("SLIM_THREADS_BATCH", os.cpu_count() or 1))
         self._lock = threading.RLock()
         self._model_locks = {"student": threading.Lock(), "teacher": threading.Lock()}
         self._datasets: dict[str, SequentialDataset] = {}
@@ -378,7 +380,7 @@ class DemoService:
                 lora = self.adapter_path if self.adapter_path.exists() else None
                 name = "SmolLM2-135M-Instruct + SLIM LoRA" if lora else "SmolLM2-135M-Instruct (base, not distilled)"
                 self._student = LlamaCppReasoner(student_gguf_path(), lora, n_ctx=2048, n_threads=self.n_threads,
-                                                 model_name=name)
+                                                 n_threads_batch=self.n_threads_batch, model_name=name)
             return self._student
 
     @property

@@ -128,7 +128,8 @@ class LlamaCppReasoner:
     """llama.cpp in this process. One context is not thread-safe, so calls are serialised."""
 
     def __init__(self, model_path: str | Path, lora_path: str | Path | None = None, n_ctx: int = 2048,
-                 n_threads: int | None = None, model_name: str | None = None):
+                 n_threads: int | None = None, model_name: str | None = None,
+                 n_threads_batch: int | None = None):
         from llama_cpp import Llama
 
         self.model_path, self.lora_path = str(model_path), str(lora_path) if lora_path else None
@@ -136,8 +137,11 @@ class LlamaCppReasoner:
         # default 1 thread: on the 2-vCPU reference box one thread generated 2.6x faster than two
         # (SmolLM2, 210-token prompt + 80 tokens: 2.6 s vs 7.1 s, measured 2026-11-26); use more
         # processes, not more threads, for throughput (see slim_train reason --workers)
+        # ``n_threads_batch``: threads for the prompt (one batched pass, compute-bound, so it scales
+        # with cores when nothing else runs): what the time to the first token depends on
         self._llm = Llama(model_path=self.model_path, lora_path=self.lora_path, n_ctx=n_ctx,
-                          n_threads=n_threads or 1, verbose=False, seed=0)
+                          n_threads=n_threads or 1, n_threads_batch=n_threads_batch or n_threads or 1,
+                          verbose=False, seed=0)
         self._lock = threading.Lock()
 
     def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
