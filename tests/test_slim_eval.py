@@ -95,6 +95,22 @@ def test_missing_variants_name_their_command(first_run, capsys, tmp_path):
     assert "python -m slim_train teach" in md  # the first run's skips are recorded in its report
 
 
+def test_default_variants_are_whatever_exists(first_run, capsys):
+    """The default (auto) asks for every variant; with no rationale files only id and text run, and
+    each missing variant is named with its producer command. Reuses the first run's checkpoints."""
+    from slim_eval.__main__ import parse_args
+    from slim_eval.variants import VARIANT_NAMES
+
+    assert parse_args([]).variant_list == list(VARIANT_NAMES)
+    out, _, _ = first_run
+    report = main([*BASE, "--out", str(out), "--split", "test"])
+    text = capsys.readouterr().out
+    assert {r["variant"] for r in report["results"]} == {"id", "text"}
+    for v in ("teacher", "slim", "match", "match-step1", "match-teacher"):
+        assert f"skipped {v}" in text
+    assert "python -m slim_train reason --dataset ml-100k" in text
+
+
 def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys):
     out, report, first_seconds = first_run
     before = checkpoint_state(out)
