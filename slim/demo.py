@@ -207,11 +207,9 @@ def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarra
     if key.get("item_text") and key["item_text"] != array_sha(item_text):
         raise ValueError(f"{ck.path.name}: item-text vectors differ from the ones it was trained with")
     state = load_file(str(ck.path / "model.safetensors"))
-    udim = None
-    for k, v in state.items():  # the fusion layer's input width is the rationale vector size
-        if "user_fusion" in k and k.endswith("weight") and v.ndim == 2:
-            udim = int(v.shape[1])
-            break
+    # the rationale vector size is the input width of g_l' (UserTextFusion.g_l), not of g_f'
+    g_l = state.get("user_fusion.g_l.weight")
+    udim = int(g_l.shape[1]) if g_l is not None else None
     c = key["config"]
     model = build_model(c["backbone"], c["variant"], dataset.n_items, c["dim"], c["max_len"], c["layers"],
                         c["heads"], c["dropout"], item_text=item_text,

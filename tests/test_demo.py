@@ -109,3 +109,23 @@ def test_top_excludes_padding_and_history(service):
     scores = np.arange(service.dataset("ml-100k").n_items + 1, dtype=float)[::-1]  # item 0 best, then 1, 2...
     r = service._top(scores, req, "v", "n")
     assert r.item_idx[:2] == [4, 5] and r.target_rank == 1
+
+
+def test_dataset_user_is_ranked_by_a_fitted_slim_checkpoint(ml100k, data_dir, tmp_path):
+    """A real (1-epoch) SLIM SASRec checkpoint under runs/ is loaded and ranks a dataset user, with
+    the plain SASRec beside it: the path the Space takes with assets/ml-100k/checkpoints."""
+    from slim.recommenders.train import FitConfig, fit
+
+    svc = DemoService(root=tmp_path, data_dir=data_dir)
+    svc._student, svc._teacher_checked = ScriptedStudent(), True
+    item_text = svc.item_text("ml-100k")
+    rng = np.random.default_rng(0)  # rationale vectors: any fixed [users, 384] matrix trains the fusion
+    user_text = {s: rng.standard_normal((ml100k.n_users, item_text.shape[1])).astype(np.float32)
+                 for s in ("valid", "test")}
+    ckpts = tmp_path / "runs" / "ml-100k" / "checkpoints"
+    fit(ml100k, FitConfig("sasrec", "id", epochs=1, eval_every=1), ckpts, progress=False)
+    fit(ml100k, FitConfig("sasrec", "slim", epochs=1, eval_every=1), ckpts, item_text=item_text,
+        user_text=user_text, progress=False)
+    ranked = svc.rank(svc.resolve("ml-100k", "196"), RATIONALE)
+    assert [r.variant for r in ranked] == ["SLIM (SASRec)", "SASRec (plain backbone)"]
+    assert all(len(r.item_idx) == 10 for r in ranked)
