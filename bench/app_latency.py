@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=200, help="the app's default (SLIM_STUDENT_MAX_TOKENS)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: --threads)")
+    p.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: the app's, every core or $SLIM_THREADS_BATCH)")
     p.add_argument("--history", type=int, default=20)
     args = p.parse_args()
 

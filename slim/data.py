@@ -232,7 +232,6 @@ def _read_table(path: Path, required: list[str], **kwargs) -> pd.DataFrame:
                 rec["_line"] = n
                 rows.append(rec)
         df = pd.DataFrame(rows)
-        first_line = {c: 1 for c in df.columns}
     else:
         sep = "\t" if path.suffix in (".tsv", ".inter", ".item") else ","
         try:

@@ -5,7 +5,6 @@ SmolLM2 GGUF in llama.cpp, limited to 64 new tokens to keep the suite fast.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

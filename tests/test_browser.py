@@ -24,9 +24,9 @@ if why is None and not CHROMIUM.exists():
     why = f"{CHROMIUM} not found: apt-get install -y chromium (never `playwright install`)"
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
 
-TIMEOUT_MS = 180_000
+TIMEOUT_MS = 180_000  # the shared 2-core box: a queued request can wait behind another
 # a user whose teacher rationale ships in assets/rationales/ml-100k/teacher.jsonl, so both columns fill
-USER = "526"  # the shared 2-core box: a queued request can wait behind another
+USER = "526"
 
 
 @pytest.fixture(scope="module")

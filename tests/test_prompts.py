@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slim.data import load_dataset
 from slim.prompts import (format_history, parse_steps, prompt_hash, sanitize_title, step3_items,
                           student_messages, teacher_messages)
 from slim.rationales import prompt_for

@@ -201,7 +201,6 @@ class NegativeSampler:
 array_sha = sha256_array
 
 
-
 def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_text) -> dict[str, Any]:
     """What must match for a checkpoint to be reused (code version is recorded, not matched)."""
     needs_items = cfg.variant != "id"
