@@ -125,6 +125,7 @@ def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path):
     assert sorted(conf["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     metrics = json.loads((adapter / "metrics.json").read_text())
     assert metrics["steps"] == 3 and math.isfinite(metrics["val_loss_final"])
+    assert (adapter / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, drawn
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(adapter / "README.md")
