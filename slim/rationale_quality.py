@@ -6,6 +6,8 @@ the chain inspectable on its own:
 * format compliance: share of rows whose text parses into the 3 steps;
 * groundedness: share of Step-3 item names that exist in the catalogue (fuzzy title match);
 * repeat rate: share of grounded Step-3 items that are already in the user's history;
+* after the Step-3 post-filter (``slim.step3_filter``): distinct new catalogue items left per
+  rationale, and the share of rationales left with none;
 * target hit: the held-out next item named in Step 3 (title match), or its genre/category named
   in Step 2 (where the dataset has one);
 * against a reference (student vs teacher on the same users): ROUGE-L F1 (``rouge-score``; the
@@ -74,6 +76,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
     matcher = matcher or CatalogueMatcher(dataset)
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
+    n_kept = n_empty = 0  # what slim.step3_filter keeps: distinct catalogue items not in the history
     for r in rows:
         if r.get("status") != "ok" or not r.get("steps"):
             continue
@@ -86,6 +89,9 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         n_named += len(names)
         n_grounded += len(matched)
         n_repeat += sum(m in history for m in matched)
+        kept = {m for m in matched if m not in history}
+        n_kept += len(kept)
+        n_empty += not kept
         n_item_hit += target in matched
         genres = _genres(dataset, target)
         if genres:
@@ -97,6 +103,8 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         "step3_items_per_rationale": n_named / max(1, n_ok),
         "groundedness": n_grounded / max(1, n_named),
         "repeat_rate": n_repeat / max(1, n_grounded),
+        "step3_kept_after_filter": n_kept / max(1, n_ok),
+        "step3_empty_after_filter": n_empty / max(1, n_ok),
         "target_item_hit": n_item_hit / max(1, n_ok),
         "target_genre_hit": (n_genre_hit / n_genre_users) if n_genre_users else None,
         "mean_completion_tokens": float(np.mean([r.get("completion_tokens", 0) for r in rows])) if rows else 0.0,

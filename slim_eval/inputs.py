@@ -36,19 +36,43 @@ def load_rationale_rows(path: Path) -> dict[tuple[str, str], dict]:
     return RationaleStore(path).rows
 
 
-def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None = None) -> UserText:
+def _texts_for(dataset: SequentialDataset, rows: dict, split: str, step: int | None,
+               clean_step3: bool) -> list[tuple[int, str]]:
+    """(user index, text) for every user with a usable rationale on ``split``.
+
+    ``clean_step3``: Step 3 is post-filtered first (slim.step3_filter: catalogue items not in the
+    history the rationale was written from); a user whose filtered text is empty has no vector.
+    """
+    matcher = None
+    if clean_step3:
+        from slim.rationale_quality import CatalogueMatcher
+
+        matcher = CatalogueMatcher(dataset)
+    out = []
+    for u, uid in enumerate(dataset.user_ids):
+        row = rows.get((str(uid), split))
+        if not row:
+            continue
+        if matcher is not None:
+            from slim.step3_filter import clean_steps
+
+            steps = clean_steps(row, u, dataset, matcher)
+            row = {**row, "steps": steps} if steps else {"status": "rejected"}
+        t = rationale_text(row, step)
+        if t:
+            out.append((u, t))
+    return out
+
+
+def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None = None,
+              clean_step3: bool = False) -> UserText:
     """Encode each user's rationale per split (``encoder``: slim.encoders.TextEncoder)."""
     rows = load_rationale_rows(path)
     vectors, coverage = {}, {}
     for split in SPLITS:
-        texts: list[str] = []
-        where: list[int] = []
-        for u, uid in enumerate(dataset.user_ids):
-            row = rows.get((str(uid), split))
-            t = rationale_text(row, step) if row else None
-            if t:
-                texts.append(t)
-                where.append(u)
+        pairs = _texts_for(dataset, rows, split, step, clean_step3)
+        where = [u for u, _ in pairs]
+        texts = [t for _, t in pairs]
         dim = None
         if texts:
             vecs = encoder.encode(texts)
@@ -63,16 +87,13 @@ def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None 
     return UserText(vectors, coverage, str(path))
 
 
-def rationale_coverage(dataset: SequentialDataset, path: Path, step: int | None = None) -> dict[str, float]:
+def rationale_coverage(dataset: SequentialDataset, path: Path, step: int | None = None,
+                       clean_step3: bool = False) -> dict[str, float]:
     """Per-split fraction of users with a usable rationale, without encoding anything."""
     if not Path(path).exists():
         return {s: 0.0 for s in SPLITS}
     rows = load_rationale_rows(path)
-    return {
-        s: sum(bool(rationale_text(rows[(str(uid), s)], step)) for uid in dataset.user_ids
-               if (str(uid), s) in rows) / max(dataset.n_users, 1)
-        for s in SPLITS
-    }
+    return {s: len(_texts_for(dataset, rows, s, step, clean_step3)) / max(dataset.n_users, 1) for s in SPLITS}
 
 
 def item_text(dataset: SequentialDataset, encoder) -> np.ndarray:

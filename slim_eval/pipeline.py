@@ -49,10 +49,10 @@ class Inputs:
         return self._item_text
 
     def user_text(self, s: VariantSpec) -> inputs.UserText:
-        key = (s.rationales, s.step)
+        key = (s.rationales, s.step, s.clean_step3)
         if key not in self._user_text:
             path = self.layout.rationales(s.rationales)
-            self._user_text[key] = inputs.user_text(self.dataset, path, self.encoder, s.step)
+            self._user_text[key] = inputs.user_text(self.dataset, path, self.encoder, s.step, s.clean_step3)
         return self._user_text[key]
 
 
@@ -65,7 +65,7 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
     cmd = producer_command(s.rationales, args.dataset, out)
     if not path.exists():
         return f"skipped {s.name}: {path} is missing; make it with `{cmd}`"
-    cov = inputs.rationale_coverage(dataset, path, s.step)
+    cov = inputs.rationale_coverage(dataset, path, s.step, s.clean_step3)
     low = {k: v for k, v in cov.items() if v < args.min_coverage}
     if low:
         got = ", ".join(f"{k} {100 * v:.1f}%" for k, v in cov.items())
@@ -116,7 +116,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         if s.rationales:
             ut = feed.user_text(s)
             user_text = ut.vectors
-            note = (f"{s.name}: rationale vectors from {ut.source} (step {s.step or '1-3'}), coverage "
+            note = (f"{s.name}: rationale vectors from {ut.source} (step {s.step or '1-3'}{', post-filtered' if s.clean_step3 else ''}), coverage "
                     + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ut.coverage.items()) + "; missing users get zeros")
             if note not in notes:
                 notes.append(note)

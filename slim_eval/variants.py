@@ -13,6 +13,8 @@ slim            slim          student rationales     SLIM (X)
 match           match         student, all 3 steps   Table 2 "SLIM" (text matching, no backbone)
 match-stepK     match         student, step K only   Table 2 "SLIM-StepK"
 match-teacher   match         teacher, all 3 steps   Table 2 teacher row
+match-step3-    match         student, step 3 after  (ours) Step 3 post-filtered: only catalogue
+clean                         slim.step3_filter      items not already in the history
 ==============  ============  =====================  ==========================================
 
 ``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
@@ -23,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
-                 "match-teacher")
+                 "match-teacher", "match-step3-clean")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class VariantSpec:
     rationales: str | None = None  # "teacher" | "student" | None
     step: int | None = None  # 1..3: only that step of the rationale; None: all steps
     tag: str = ""  # FitConfig.tag: keeps checkpoint names of same-model variants apart
+    clean_step3: bool = False  # Step 3 post-filtered (slim.step3_filter) before encoding
 
     @property
     def has_backbone(self) -> bool:
@@ -57,6 +60,8 @@ def spec(name: str) -> VariantSpec:
         return VariantSpec("match", "match", rationales="student")
     if name == "match-teacher":
         return VariantSpec("match-teacher", "match", rationales="teacher", tag="teacher")
+    if name == "match-step3-clean":
+        return VariantSpec(name, "match", rationales="student", step=3, tag="step3clean", clean_step3=True)
     if name.startswith("match-step") and name[-1] in "123" and len(name) == len("match-step1"):
         k = int(name[-1])
         return VariantSpec(name, "match", rationales="student", step=k, tag=f"step{k}")

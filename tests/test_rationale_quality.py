@@ -34,6 +34,7 @@ def test_groundedness_repeats_and_target_hits(ml100k):
     assert q["groundedness"] == pytest.approx(2 / 3)
     assert q["repeat_rate"] == pytest.approx(1 / 2)
     assert q["target_item_hit"] == 1.0 and q["target_genre_hit"] == 1.0
+    assert q["step3_kept_after_filter"] == 1.0 and q["step3_empty_after_filter"] == 0.0  # only the target survives
 
 
 def test_agreement_identical_texts_score_max():
