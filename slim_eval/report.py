@@ -34,7 +34,7 @@ VARIANT_LABELS = {
     "id": "{X}", "text": "{X}+ (item text)", "teacher": "{X} + teacher rationale (SLIM-)", "slim": "SLIM ({X})",
     "match": "SLIM (text matching)", "match-step1": "SLIM-Step1", "match-step2": "SLIM-Step2",
     "match-step3": "SLIM-Step3", "match-teacher": "Teacher rationale (text matching)",
-    "match-step3-clean": "SLIM-Step3, post-filtered",
+    "match-step3-clean": "SLIM-Step3, post-filtered", "match-clean": "SLIM (text matching), Step 3 post-filtered",
 }
 ID_BASED = ("id", "text", "teacher", "slim")  # the per-backbone rows; plots show the ones present
 BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "srgnn": "SRGNN", "none": "-"}
@@ -164,7 +164,7 @@ def table1(report: dict, protocol: str, markdown: bool = True) -> str | None:
 
 def table2(report: dict, protocol: str, markdown: bool = True) -> str | None:
     """Paper Table 2 shape (ID-agnostic text matching) for one protocol."""
-    order = ("match-step1", "match-step2", "match-step3", "match-step3-clean", "match-teacher", "match")
+    order = ("match-step1", "match-step2", "match-step3", "match-step3-clean", "match-teacher", "match", "match-clean")
     rows = []
     for v in order:
         r = _find(report, "none", v, protocol)

@@ -15,6 +15,8 @@ match-stepK     match         student, step K only   Table 2 "SLIM-StepK"
 match-teacher   match         teacher, all 3 steps   Table 2 teacher row
 match-step3-    match         student, step 3 after  (ours) Step 3 post-filtered: only catalogue
 clean                         slim.step3_filter      items not already in the history
+match-clean     match         student, 3 steps, step (ours) all steps, Step 3 post-filtered
+                              3 post-filtered
 ==============  ============  =====================  ==========================================
 
 ``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
-                 "match-teacher", "match-step3-clean")
+                 "match-teacher", "match-step3-clean", "match-clean")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def spec(name: str) -> VariantSpec:
         return VariantSpec("match", "match", rationales="student")
     if name == "match-teacher":
         return VariantSpec("match-teacher", "match", rationales="teacher", tag="teacher")
+    if name == "match-clean":
+        return VariantSpec(name, "match", rationales="student", tag="clean", clean_step3=True)
     if name == "match-step3-clean":
         return VariantSpec(name, "match", rationales="student", step=3, tag="step3clean", clean_step3=True)
     if name.startswith("match-step") and name[-1] in "123" and len(name) == len("match-step1"):

@@ -53,3 +53,5 @@ def test_clean_variant_spec():
     assert s.clean_step3 and s.step == 3 and s.rationales == "student" and not s.has_backbone
     assert run_name("sasrec", "match-step3-clean", 2) == "none-match-step3clean-seed2"
     assert not spec("match-step3").clean_step3
+    whole = spec("match-clean")
+    assert whole.clean_step3 and whole.step is None and run_name("none", "match-clean", 0) == "none-match-clean-seed0"
