@@ -88,12 +88,20 @@ def convert_lora(adapter_dir: str | Path, base_dir: str | Path, out: str | Path 
     # absolute: the converter runs with cwd=its own folder, so relative paths would point there
     adapter_dir, base_dir = Path(adapter_dir).resolve(), Path(base_dir).resolve()
     out = Path(out).resolve() if out else adapter_dir / "adapter.gguf"
+    return run_converter(SCRIPT, ["--base", str(base_dir), "--outtype", outtype, str(adapter_dir)], out, cache_dir)
+
+
+def run_converter(script: str, args: list[str], out: Path, cache_dir: str | Path | None = None) -> Path:
+    """Run one of llama.cpp's converter scripts (``--outfile out`` appended) in a subprocess.
+
+    Paths in ``args`` and ``out`` must be absolute: the script runs with its own folder as cwd, so
+    that it imports the ``conversion`` package and ``gguf-py`` of the same llama.cpp commit.
+    """
     script_dir = converter_dir(cache_dir=cache_dir)
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(script_dir)}
-    cmd = [sys.executable, str(script_dir / SCRIPT), "--base", str(base_dir), "--outfile", str(out),
-           "--outtype", outtype, str(adapter_dir)]
+    cmd = [sys.executable, str(script_dir / script), *args, "--outfile", str(out)]
     res = subprocess.run(cmd, env=env, cwd=script_dir, capture_output=True, text=True)
     if res.returncode != 0 or not out.exists():
-        raise RuntimeError(f"{SCRIPT} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"{script} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return out

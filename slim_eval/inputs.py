@@ -46,6 +46,7 @@ def _texts_for(dataset: SequentialDataset, rows: dict, split: str, step: int | N
     matcher = None
     if clean_step3:
         from slim.rationale_quality import CatalogueMatcher
+        from slim.step3_filter import clean_steps
 
         matcher = CatalogueMatcher(dataset)
     out = []
@@ -54,10 +55,10 @@ def _texts_for(dataset: SequentialDataset, rows: dict, split: str, step: int | N
         if not row:
             continue
         if matcher is not None:
-            from slim.step3_filter import clean_steps
-
             steps = clean_steps(row, u, dataset, matcher)
-            row = {**row, "steps": steps} if steps else {"status": "rejected"}
+            if steps is None:  # not parsed into 3 steps: nothing to filter, and raw text would bypass it
+                continue
+            row = {**row, "steps": steps}
         t = rationale_text(row, step)
         if t:
             out.append((u, t))
