@@ -307,6 +307,82 @@ def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
 
 
 # ---------------------------------------------------------------------------------------
+# compute per stage
+# ---------------------------------------------------------------------------------------
+
+def _checkpoint_seconds(layout: RunLayout, checkpoint: str) -> float | None:
+    """Training + per-epoch validation seconds of one fitted checkpoint (its config.json history)."""
+    rec = read_json(layout.checkpoints_dir / checkpoint / "config.json")
+    if not rec or not rec.get("history"):
+        return None
+    return float(sum(h.get("train_seconds", 0.0) + h.get("eval_seconds", 0.0) for h in rec["history"]))
+
+
+def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
+    """What each stage of this run cost, read back from the artefacts themselves.
+
+    Why from artefacts rather than a stopwatch around the command: a rerun reuses most fits and
+    rationales, so the wall time of the last command says little; the rows' own ``seconds`` and
+    the checkpoints' epoch timings add up what was really spent, whichever session spent it.
+    """
+    import json
+
+    rows: list[dict] = []
+    rdir = layout.rationales_dir
+    seen: set[tuple] = set()  # a row copied into two files (teacher.jsonl -> teacher-distill-700.jsonl) was paid once
+    for path in sorted(rdir.glob("*.jsonl")) if rdir.is_dir() else []:
+        secs, n, models, paid = [], 0, set(), 0.0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of an interrupted writer
+            n += 1
+            ident = (r.get("user_id"), r.get("split"), r.get("model"), r.get("prompt_hash"), r.get("created"))
+            if ident not in seen and isinstance(r.get("seconds"), (int, float)):
+                seen.add(ident)
+                paid += float(r["seconds"])
+            models.add(str(r.get("model")))
+            if isinstance(r.get("seconds"), (int, float)):
+                secs.append(float(r["seconds"]))
+        rows.append({"stage": f"rationales/{path.name}", "units": n, "seconds": float(sum(secs)), "paid": paid,
+                     "per_unit": float(np.median(secs)) if secs else None, "what": ", ".join(sorted(models))})
+    distill = read_json(layout.root / "distill" / "adapter" / "metrics.json")
+    if distill:
+        secs, steps = distill.get("train_seconds"), distill.get("steps")
+        if secs is not None:
+            rows.append({"stage": "distill (LoRA SFT)", "units": steps, "seconds": float(secs),
+                         "per_unit": float(secs) / steps if steps else None, "what": "optimizer steps"})
+    protocol = report["protocols"][0] if report.get("protocols") else "full"
+    for r in report["results"]:
+        if r["protocol"] != protocol:
+            continue
+        fit, n = 0.0, 0
+        for rec, _ in eval_arrays(layout, report, r["backbone"], r["variant"], protocol):
+            s = _checkpoint_seconds(layout, rec.get("key", {}).get("checkpoint", ""))
+            if s is not None:
+                fit, n = fit + s, n + 1
+        if n:
+            rows.append({"stage": f"fit {r['backbone']} {r['variant']}".replace("fit none ", "fit "), "units": n, "seconds": fit,
+                         "per_unit": fit / n, "what": "seeds (train + validation epochs)"})
+    return rows
+
+
+def compute_table(layout: RunLayout, report: dict, markdown: bool = True) -> str | None:
+    rows = compute_rows(layout, report)
+    if not rows:
+        return None
+    cell = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
+    body = [[r["stage"], cell(r["units"], "{}"), cell(r["seconds"] / 3600, "{:.2f}"),
+             cell(r["per_unit"], "{:.1f}"), r["what"]] for r in rows]
+    total = sum(r.get("paid", r["seconds"]) for r in rows)
+    body.append(["total", "", f"{total / 3600:.2f}", "", "sum of the rows above, a rationale copied into two files counted once"])
+    return ("Compute per stage (from the artefacts: rationale rows' `seconds`, checkpoint epoch timings;"
+            " single-threaded unless the producing command said otherwise)\n\n"
+            + render(["stage", "units", "hours", "s per unit (median for rationales)", "units are"], body, markdown))
+
+
+# ---------------------------------------------------------------------------------------
 # report.md
 # ---------------------------------------------------------------------------------------
 
@@ -329,6 +405,9 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     tail = longtail_plot(layout, report) if any(r["backbone"] == "sasrec" for r in report["results"]) else None
     if tail:
         parts.append(f"Recommendation frequency vs item popularity: ![longtail]({tail.relative_to(layout.root).as_posix()})")
+    compute = compute_table(layout, report)
+    if compute:
+        parts.append(compute)
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
     return "\n\n".join(parts) + "\n"

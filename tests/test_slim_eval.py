@@ -16,7 +16,8 @@ import pytest
 from slim.artifacts import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
-from slim_eval.report import combined_table1, improvement, regenerate, sparsity_groups, table1, table2
+from slim_eval.report import (combined_table1, compute_rows, improvement, regenerate, sparsity_groups, table1,
+                              table2)
 from slim_eval.variants import run_name, spec
 
 BASE = ["--dataset", "ml-100k", "--users", "60", "--epochs", "2", "--seeds", "2", "--backbones", "sasrec",
@@ -151,6 +152,31 @@ def test_regenerate_without_refit(first_run):
     groups = sparsity_groups(RunLayout(out), report, "sasrec", "id")
     assert len(groups["bounds"]) == 5 and groups["bounds"][0][0] <= groups["bounds"][-1][0]
     assert checkpoint_state(out) == before
+
+
+def test_compute_per_stage_adds_up_the_artefacts(first_run, tmp_path):
+    """Fit hours come from the checkpoints' epoch timings; a rationale copied into two files is paid once."""
+    import shutil
+
+    out, report, _ = first_run
+    rows = {r["stage"]: r for r in compute_rows(RunLayout(out), report)}
+    assert set(rows) == {"fit sasrec id", "fit sasrec text"}
+    for r in rows.values():
+        assert r["units"] == 2 and r["seconds"] > 0
+    ckpts = [read_json(p) for p in (out / "checkpoints").glob("sasrec-id-*/config.json")]
+    expect = sum(h["train_seconds"] + h.get("eval_seconds", 0.0) for c in ckpts for h in c["history"])
+    assert rows["fit sasrec id"]["seconds"] == pytest.approx(expect)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("text-cache"))
+    row = {"user_id": "1", "split": "valid", "model": "m", "prompt_hash": "h", "created": "t", "seconds": 7.5}
+    for name in ("teacher.jsonl", "teacher-copy.jsonl"):
+        path = RunLayout(copy).rationales(name[:-6])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row) + "\n" + '{"torn')
+    got = {r["stage"]: r for r in compute_rows(RunLayout(copy), report)}
+    assert got["rationales/teacher.jsonl"]["units"] == 1 and got["rationales/teacher.jsonl"]["seconds"] == 7.5
+    assert got["rationales/teacher.jsonl"]["paid"] + got["rationales/teacher-copy.jsonl"]["paid"] == 7.5
+    assert "Compute per stage" in regenerate(copy)
 
 
 def _write_rationales(path: Path, user_ids, coverage: float) -> None:
