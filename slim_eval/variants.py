@@ -17,6 +17,8 @@ match-step3-    match         student, step 3 after  (ours) Step 3 post-filtered
 clean                         slim.step3_filter      items not already in the history
 match-clean     match         student, 3 steps, step (ours) all steps, Step 3 post-filtered
                               3 post-filtered
+slim-clean      slim          student, 3 steps, step (ours) SLIM (X) with Step 3 post-filtered
+                              3 post-filtered
 ==============  ============  =====================  ==========================================
 
 ``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
@@ -27,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
-                 "match-teacher", "match-step3-clean", "match-clean")
+                 "match-teacher", "match-step3-clean", "match-clean", "slim-clean")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ def spec(name: str) -> VariantSpec:
         return VariantSpec("teacher", "teacher", rationales="teacher")
     if name == "slim":
         return VariantSpec("slim", "slim", rationales="student")
+    if name == "slim-clean":
+        return VariantSpec(name, "slim", rationales="student", tag="clean", clean_step3=True)
     if name == "match":
         return VariantSpec("match", "match", rationales="student")
     if name == "match-teacher":

@@ -203,13 +203,15 @@ def test_rationale_variants_fit_and_low_coverage_is_refused(first_run, tmp_path,
     shutil.copytree(first_run[0] / "text-cache", RunLayout(out).text_cache_dir)  # item vectors: encoded once
     _write_rationales(RunLayout(out).rationales("student"), ids, coverage=1.0)
     _write_rationales(RunLayout(out).rationales("teacher"), ids, coverage=0.5)
-    report = main([*BASE, "--seeds", "1", "--epochs", "1", "--variants", "slim,match-step3,teacher",
+    report = main([*BASE, "--seeds", "1", "--epochs", "1", "--variants", "slim,slim-clean,match-step3,teacher",
                    "--out", str(out), "--protocol", "sampled"])
     text = capsys.readouterr().out
     assert "skipped teacher" in text and "50.0%" in text
     keys = {(r["backbone"], r["variant"]) for r in report["results"]}
-    assert keys == {("sasrec", "slim"), ("none", "match-step3")}
+    assert keys == {("sasrec", "slim"), ("sasrec", "slim-clean"), ("none", "match-step3")}
     assert "SLIM-Step3" in table2(report, "sampled")
+    assert "SLIM (SASRec), Step 3 post-filtered (ours)" in table1(report, "sampled")
+    assert len(list((out / "checkpoints").glob("sasrec-slim-clean-seed0-*"))) == 1  # apart from plain slim
 
 
 # ---- pure helpers ----------------------------------------------------------------------------
@@ -219,6 +221,8 @@ def test_variant_specs_and_names():
     assert spec("teacher").rationales == "teacher" and spec("slim").rationales == "student"
     assert run_name("gru4rec", "match-teacher", 3) == "none-match-teacher-seed3"
     assert run_name("srgnn", "text", 0) == "srgnn-text-seed0"
+    assert spec("slim-clean").clean_step3 and spec("slim-clean").has_backbone
+    assert run_name("sasrec", "slim-clean", 1) == "sasrec-slim-clean-seed1"
     with pytest.raises(ValueError, match="match-step1"):
         spec("match-step4")
 
@@ -244,6 +248,9 @@ def test_improvement_is_slim_over_best_baseline():
     other = {**report, "dataset": "e", "results": report["results"][:2]}
     wide = combined_table1([report, other], "sampled")
     assert "d NDCG@10" in wide and "e NDCG@10" in wide and "+14.46" in wide
+    clean = {**report, "results": [*report["results"], row("slim-clean", 0.3021)]}  # 0.3021 / 0.2746 - 1 = +10.01%
+    assert improvement(clean, "sasrec", "sampled", "NDCG@10", "slim-clean") == pytest.approx(0.1001, abs=5e-4)
+    assert "Improv. of the post-filtered SLIM (%) | +10.01" in table1(clean, "sampled")
 
 
 def test_provenance_records_round_trip(tmp_path):
