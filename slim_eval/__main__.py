@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cmd = command_line(argv)
 
     def write(results, notes, final: bool = False) -> dict:
-        report = build_report(dataset.name, args.split, protocols, user_sample, results)
+        report = build_report(dataset.name, args.split, protocols, user_sample, results, dataset.stats())
         write_json(layout.report(args.split, "json"), report)
         status = "" if final else " (in progress: the grid is still running)"
         extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "

@@ -64,9 +64,27 @@ def aggregate(seed_results: Iterable) -> list[dict]:
     return rows
 
 
-def build_report(dataset: str, split: str, protocols: Sequence[str], user_sample, seed_results) -> dict:
-    return {"dataset": dataset, "split": split, "protocols": list(protocols), "user_sample": user_sample,
-            "results": aggregate(seed_results)}
+def build_report(dataset: str, split: str, protocols: Sequence[str], user_sample, seed_results,
+                 data_stats: dict | None = None) -> dict:
+    """``data_stats``: statistics of the users actually evaluated (a seeded sample is described by
+    its own size and lengths, not the full dataset's), so a reader can compare samples across runs."""
+    report = {"dataset": dataset, "split": split, "protocols": list(protocols), "user_sample": user_sample,
+              "results": aggregate(seed_results)}
+    if data_stats is not None:
+        report["data"] = dict(data_stats)
+    return report
+
+
+def data_line(report: dict) -> str | None:
+    """One sentence on the evaluated users (report.md); None for reports written before it existed."""
+    d, sample = report.get("data"), report.get("user_sample")
+    if not d:
+        return None
+    who = (f"a seeded sample of {sample['n']:,} of {sample['of']:,} users (seed {sample['seed']})" if sample
+           else f"all {d['users']:,} users")
+    return (f"Data: {who}; {d['users']:,} users, {d['items']:,} items in the catalogue, "
+            f"{d['interactions']:,} interactions, sequence length mean {d['mean_length']:.1f} "
+            f"(min {d['min_length']}, max {d['max_length']}).")
 
 
 def _find(report: dict, backbone: str, variant: str, protocol: str) -> dict | None:
@@ -393,6 +411,9 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     parts = [f"# SLIM-Rec report: {report['dataset']} ({report['split']})"]
     if command:
         parts.append(f"Produced by:\n\n```\n{command}\n```")
+    line = data_line(report)
+    if line:
+        parts.append(line)
     parts.append(results_table(report, markdown=True))
     for p in report["protocols"]:
         for t in (table1(report, p), table2(report, p)):

@@ -42,7 +42,10 @@ def test_report_json_schema(first_run):
     out, report, _ = first_run
     on_disk = read_json(out / "report.json")
     assert on_disk == report
-    assert set(on_disk) == {"dataset", "split", "protocols", "user_sample", "results"}
+    assert set(on_disk) == {"dataset", "split", "protocols", "user_sample", "results", "data"}
+    # the evaluated sample's own statistics, not the full dataset's
+    assert on_disk["data"]["users"] == 60 and on_disk["data"]["items"] == 1682
+    assert on_disk["data"]["min_length"] >= 3 and on_disk["data"]["interactions"] >= 60 * on_disk["data"]["min_length"]
     assert on_disk["dataset"] == "ml-100k" and on_disk["split"] == "test"
     assert on_disk["protocols"] == ["full", "sampled"]
     assert on_disk["user_sample"] == {"n": 60, "of": 943, "seed": 0}
@@ -68,6 +71,7 @@ def test_report_md_and_per_user_files(first_run):
     md = (out / "report.md").read_text()
     assert "python -m slim_eval" in md and "--users 60" in md
     assert "full ranking" in md and "100 sampled negatives" in md
+    assert "Data: a seeded sample of 60 of 943 users (seed 0); 60 users, 1,682 items" in md
     assert "± " in md
     layout = RunLayout(out)
     for v in ("id", "text"):
