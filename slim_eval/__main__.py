@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     t0 = time.time()
     protocols = PROTOCOL_CHOICES[args.protocol]
     cmd = command_line(argv)
+    data_stats = dataset.stats()
 
     def write(results, notes, final: bool = False) -> dict:
-        report = build_report(dataset.name, args.split, protocols, user_sample, results, dataset.stats())
+        report = build_report(dataset.name, args.split, protocols, user_sample, results, data_stats)
         write_json(layout.report(args.split, "json"), report)
         status = "" if final else " (in progress: the grid is still running)"
         extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "

@@ -345,28 +345,25 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
     rationales, so the wall time of the last command says little; the rows' own ``seconds`` and
     the checkpoints' epoch timings add up what was really spent, whichever session spent it.
     """
-    import json
+    from .inputs import load_rationale_rows
 
     rows: list[dict] = []
     rdir = layout.rationales_dir
     seen: set[tuple] = set()  # a row copied into two files (teacher.jsonl -> teacher-distill-700.jsonl) was paid once
     for path in sorted(rdir.glob("*.jsonl")) if rdir.is_dir() else []:
-        secs, n, models, paid = [], 0, set(), 0.0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of an interrupted writer
-            n += 1
+        file_rows = list(load_rationale_rows(path).values())  # torn last line handled by RationaleStore
+        secs, paid = [], 0.0
+        for r in file_rows:
+            if not isinstance(r.get("seconds"), (int, float)):
+                continue
+            secs.append(float(r["seconds"]))
             ident = (r.get("user_id"), r.get("split"), r.get("model"), r.get("prompt_hash"), r.get("created"))
-            if ident not in seen and isinstance(r.get("seconds"), (int, float)):
+            if ident not in seen:
                 seen.add(ident)
                 paid += float(r["seconds"])
-            models.add(str(r.get("model")))
-            if isinstance(r.get("seconds"), (int, float)):
-                secs.append(float(r["seconds"]))
-        rows.append({"stage": f"rationales/{path.name}", "units": n, "seconds": float(sum(secs)), "paid": paid,
-                     "per_unit": float(np.median(secs)) if secs else None, "what": ", ".join(sorted(models))})
+        models = sorted({str(r.get("model")) for r in file_rows})
+        rows.append({"stage": f"rationales/{path.name}", "units": len(file_rows), "seconds": float(sum(secs)),
+                     "paid": paid, "per_unit": float(np.median(secs)) if secs else None, "what": ", ".join(models)})
     distill = read_json(layout.root / "distill" / "adapter" / "metrics.json")
     if distill:
         secs, steps = distill.get("train_seconds"), distill.get("steps")
@@ -383,8 +380,9 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
             if s is not None:
                 fit, n = fit + s, n + 1
         if n:
-            rows.append({"stage": f"fit {r['backbone']} {r['variant']}".replace("fit none ", "fit "), "units": n, "seconds": fit,
-                         "per_unit": fit / n, "what": "seeds (train + validation epochs)"})
+            name = r["variant"] if r["backbone"] == "none" else f"{r['backbone']} {r['variant']}"
+            rows.append({"stage": f"fit {name}", "units": n, "seconds": fit, "per_unit": fit / n,
+                         "what": "seeds (train + validation epochs)"})
     return rows
 
 
