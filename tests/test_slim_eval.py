@@ -296,3 +296,15 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
     assert set(saved["files"]) == {"teacher", "student"}
     assert saved["files"]["student"]["vs_reference"]["pairs"] == 20  # 10 users x 2 splits
     assert not (lay.root / "checkpoints").exists()
+
+
+def test_dataset_all_expands_to_the_reported_samples():
+    from slim_eval.__main__ import REPORTED_DATASETS, expand_all
+
+    runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
+    assert [r[r.index("--dataset") + 1] for r in runs] == list(REPORTED_DATASETS)
+    games = runs[1]
+    assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-2:] == ["--users", "3000"]
+    assert "--users" not in runs[0]  # ML-100K: all 943 users
+    # an explicit sample applies to every dataset and is not doubled
+    assert all(r.count("--users") == 1 and "50" in r for r in expand_all(["--dataset=all", "--users", "50"]))
