@@ -145,3 +145,23 @@ def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path):
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
     assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx([r["loss"] for r in steps], rel=1e-4)
+
+
+def test_init_adapter_continues_from_an_existing_student(ds, tmp_path):
+    """Domain adaptation: a run started from adapter A begins exactly where A ended (same held-out loss)."""
+    teacher = tmp_path / "teacher.jsonl"
+    write_jsonl(teacher, teacher_rows(ds, 8))
+    log_a = run_cli(tmp_path / "a", teacher, "--max-steps", "2")
+    adapter_a = tmp_path / "a" / "distill" / "adapter"
+    final_a = [r["val_loss"] for r in log_a if "val_loss" in r][-1]
+
+    log_b = run_cli(tmp_path / "b", teacher, "--max-steps", "1", "--init-adapter", str(adapter_a))
+    initial_b = [r["val_loss"] for r in log_b if "val_loss" in r][0]
+    assert initial_b == pytest.approx(final_a, rel=1e-5)
+    fresh_initial = [r["val_loss"] for r in log_a if "val_loss" in r][0]
+    assert initial_b < fresh_initial  # it did not start from a fresh (zero-delta) LoRA
+
+    with pytest.raises(SystemExit, match="different LoRA shape.*--lora-r"):
+        run_cli(tmp_path / "c", teacher, "--max-steps", "1", "--init-adapter", str(adapter_a), "--lora-r", "8")
+    with pytest.raises(SystemExit, match="expected a peft folder"):
+        run_cli(tmp_path / "d", teacher, "--max-steps", "1", "--init-adapter", str(tmp_path))
