@@ -10,6 +10,9 @@ the chain inspectable on its own:
   rationale, and the share of rationales left with none;
 * target hit: the held-out next item named in Step 3 (title match), or its genre/category named
   in Step 2 (where the dataset has one);
+* diversity: share of distinct Step-1 and Step-2 texts among users (per split, then averaged): a
+  distilled student can collapse onto a few stock answers ("Action, Adventure, Fantasy" for most
+  users), which leaves the fused user vector nearly constant however well-formed each text is;
 * against a reference (student vs teacher on the same users): ROUGE-L F1 (``rouge-score``; the
   ``evaluate`` metric loaders need the Hub, so the library is used directly), corpus BLEU
   (``sacrebleu``) and the cosine of MiniLM embeddings.
@@ -107,9 +110,22 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         "step3_empty_after_filter": n_empty / max(1, n_ok),
         "target_item_hit": n_item_hit / max(1, n_ok),
         "target_genre_hit": (n_genre_hit / n_genre_users) if n_genre_users else None,
+        "step1_distinct": _distinct_share(rows, 0),
+        "step2_distinct": _distinct_share(rows, 1),
         "mean_completion_tokens": float(np.mean([r.get("completion_tokens", 0) for r in rows])) if rows else 0.0,
         "mean_seconds": float(np.mean([r.get("seconds", 0) for r in rows])) if rows else 0.0,
     }
+
+
+def _distinct_share(rows: list[dict], step: int) -> float | None:
+    """Distinct (case/space-normalised) texts of one step over rows, per split, averaged over splits."""
+    by_split: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("steps"):
+            by_split.setdefault(r["split"], []).append(" ".join(r["steps"][step].lower().split()))
+    if not by_split:
+        return None
+    return float(np.mean([len(set(texts)) / len(texts) for texts in by_split.values()]))
 
 
 def agreement(candidates: list[str], references: list[str], encoder=None) -> dict:

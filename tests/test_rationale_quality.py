@@ -37,6 +37,17 @@ def test_groundedness_repeats_and_target_hits(ml100k):
     assert q["step3_kept_after_filter"] == 1.0 and q["step3_empty_after_filter"] == 0.0  # only the target survives
 
 
+def test_diversity_counts_distinct_steps_per_split(ml100k):
+    same = ["likes action", "Categories: Action, Adventure", "1. X"]
+    rows = [_row(ml100k, u, "valid", "...", same) for u in range(3)]
+    rows.append(_row(ml100k, 3, "valid", "...", ["likes documentaries", "categories:  ACTION, adventure", "1. Y"]))
+    rows += [_row(ml100k, u, "test", "...", [f"likes genre {u}", f"Categories: {u}", "1. Z"]) for u in range(2)]
+    q = intrinsic_quality(ml100k, rows)
+    # valid: Step 1 has 2 distinct of 4, Step 2 1 of 4 (case and spacing do not count); test: 2 of 2
+    assert q["step1_distinct"] == pytest.approx((2 / 4 + 1) / 2)
+    assert q["step2_distinct"] == pytest.approx((1 / 4 + 1) / 2)
+
+
 def test_agreement_identical_texts_score_max():
     texts = ["Step 1: likes action. Step 2: thrillers. Step 3: Heat, Speed."] * 3
     a = agreement(texts, texts)
