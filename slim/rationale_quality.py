@@ -12,7 +12,8 @@ the chain inspectable on its own:
   in Step 2 (where the dataset has one);
 * diversity: share of distinct Step-1 and Step-2 texts among users (per split, then averaged): a
   distilled student can collapse onto a few stock answers ("Action, Adventure, Fantasy" for most
-  users), which leaves the fused user vector nearly constant however well-formed each text is;
+  users), which leaves the fused user vector nearly constant however well-formed each text is.
+  The share falls as rows grow (more users, more coincidences): compare files on the same users;
 * against a reference (student vs teacher on the same users): ROUGE-L F1 (``rouge-score``; the
   ``evaluate`` metric loaders need the Hub, so the library is used directly), corpus BLEU
   (``sacrebleu``) and the cosine of MiniLM embeddings.
