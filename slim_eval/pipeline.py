@@ -62,7 +62,7 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
         return None
     path = layout.rationales(s.rationales)
     out = None if args.out is None else str(args.out)
-    cmd = producer_command(s.rationales, args.dataset, out)
+    cmd = producer_command(s.rationales, args.dataset, out, args.users, args.user_seed)
     if not path.exists():
         return f"skipped {s.name}: {path} is missing; make it with `{cmd}`"
     cov = inputs.rationale_coverage(dataset, path, s.step, s.clean_step3)

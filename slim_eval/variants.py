@@ -76,16 +76,25 @@ def spec(name: str) -> VariantSpec:
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANT_NAMES)}")
 
 
-def producer_command(rationales: str, dataset: str, out: str | None = None) -> str:
-    """The slim_train command that writes ``rationales/<teacher|student>.jsonl`` for every user.
+# The shipped student for each dataset: `reason` with no --adapter runs the *undistilled* base model,
+# so the command a report prints must name the adapter the reported numbers came from.
+STUDENT_ADAPTERS = {"ml-100k": "assets/student/adapter.gguf"}
+OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v2 continued on Games teacher rationales
+
+
+def producer_command(rationales: str, dataset: str, out: str | None = None, users: int | None = None,
+                     user_seed: int = 0) -> str:
+    """The slim_train command that writes ``rationales/<teacher|student>.jsonl`` for the evaluated users.
 
     Both splits are needed: the valid rationale (written from seq[:-2]) trains and selects the
-    model, the test one (from seq[:-1]) scores the test target.
+    model, the test one (from seq[:-1]) scores the test target. ``users``: the same seeded sample
+    as ``slim_eval --users N --user-seed S``, so no rationale is written for a user never evaluated.
     """
-    out_flag = f" --out {out}" if out else ""
+    flags = f" --splits valid,test{f' --users {users} --seed {user_seed}' if users else ''}{f' --out {out}' if out else ''}"
     if rationales == "teacher":
-        return f"python -m slim_train teach --dataset {dataset} --splits valid,test{out_flag}"
-    return f"python -m slim_train reason --dataset {dataset} --splits valid,test{out_flag}"
+        return f"python -m slim_train teach --dataset {dataset}{flags} --max-tokens 256"
+    adapter = STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
+    return f"python -m slim_train reason --dataset {dataset}{flags} --workers 2 --max-tokens 160 --adapter {adapter}"
 
 
 def run_name(backbone: str, variant: str, seed: int) -> str:

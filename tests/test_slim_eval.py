@@ -308,3 +308,19 @@ def test_dataset_all_expands_to_the_reported_samples():
     assert "--users" not in runs[0]  # ML-100K: all 943 users
     # an explicit sample applies to every dataset and is not doubled
     assert all(r.count("--users") == 1 and "50" in r for r in expand_all(["--dataset=all", "--users", "50"]))
+
+
+def test_missing_rationales_command_names_the_student_and_the_sample():
+    """The printed command must make what the report used: the distilled adapter, only the sampled users."""
+    from slim_eval.variants import producer_command
+
+    ml = producer_command("student", "ml-100k")
+    assert "--adapter assets/student/adapter.gguf" in ml and "--splits valid,test" in ml and "--users" not in ml
+    games = producer_command("student", "amazon-video-games", users=3000, user_seed=0)
+    assert "--users 3000 --seed 0" in games and "--adapter assets/student-games/adapter.gguf" in games
+    teacher = producer_command("teacher", "ml-100k", out="runs/x")
+    assert teacher.startswith("python -m slim_train teach --dataset ml-100k") and "--out runs/x" in teacher
+    from pathlib import Path
+
+    for cmd in (ml, games):  # the adapters it names ship with the repository
+        assert (Path(__file__).resolve().parents[1] / cmd.split("--adapter ")[1]).is_file()
