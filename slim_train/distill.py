@@ -262,6 +262,8 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     state = load_state(ckpt)
     if state and state["config_key"] != cfg.trainable_key():
         raise SystemExit(f"{ckpt} was made with different settings {state['config_key']}; use --restart")
+    # checked and read before the base model loads, so a wrong folder fails in a second, not after it
+    init_weights = load_init_adapter(cfg) if cfg.init_adapter and not state else None
 
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
@@ -284,8 +286,8 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     model = get_peft_model(model, lora)
     if state:
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-    elif cfg.init_adapter:
-        set_peft_model_state_dict(model, load_init_adapter(cfg))
+    elif init_weights is not None:
+        set_peft_model_state_dict(model, init_weights)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
