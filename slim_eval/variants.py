@@ -90,7 +90,11 @@ def producer_command(rationales: str, dataset: str, out: str | None = None, user
     model, the test one (from seq[:-1]) scores the test target. ``users``: the same seeded sample
     as ``slim_eval --users N --user-seed S``, so no rationale is written for a user never evaluated.
     """
-    flags = f" --splits valid,test{f' --users {users} --seed {user_seed}' if users else ''}{f' --out {out}' if out else ''}"
+    flags = " --splits valid,test"
+    if users:
+        flags += f" --users {users} --seed {user_seed}"
+    if out:
+        flags += f" --out {out}"
     if rationales == "teacher":
         return f"python -m slim_train teach --dataset {dataset}{flags} --max-tokens 256"
     adapter = STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)

@@ -18,7 +18,7 @@ from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
 from slim_eval.report import (combined_table1, compute_rows, improvement, regenerate, sparsity_groups, table1,
                               table2)
-from slim_eval.variants import run_name, spec
+from slim_eval.variants import producer_command, run_name, spec
 
 BASE = ["--dataset", "ml-100k", "--users", "60", "--epochs", "2", "--seeds", "2", "--backbones", "sasrec",
         "--no-progress"]
@@ -312,15 +312,11 @@ def test_dataset_all_expands_to_the_reported_samples():
 
 def test_missing_rationales_command_names_the_student_and_the_sample():
     """The printed command must make what the report used: the distilled adapter, only the sampled users."""
-    from slim_eval.variants import producer_command
-
     ml = producer_command("student", "ml-100k")
     assert "--adapter assets/student/adapter.gguf" in ml and "--splits valid,test" in ml and "--users" not in ml
     games = producer_command("student", "amazon-video-games", users=3000, user_seed=0)
     assert "--users 3000 --seed 0" in games and "--adapter assets/student-games/adapter.gguf" in games
     teacher = producer_command("teacher", "ml-100k", out="runs/x")
     assert teacher.startswith("python -m slim_train teach --dataset ml-100k") and "--out runs/x" in teacher
-    from pathlib import Path
-
     for cmd in (ml, games):  # the adapters it names ship with the repository
         assert (Path(__file__).resolve().parents[1] / cmd.split("--adapter ")[1]).is_file()
