@@ -41,6 +41,18 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
 
+# The shipped student (LoRA for SmolLM2-135M, relative to the repository root) for each dataset.
+# One table because three places must agree on it: the command a report prints to make missing
+# rationales (``reason`` without ``--adapter`` runs the *undistilled* base model), the rationales the
+# reported numbers came from, and the student the demo runs live for that dataset.
+STUDENT_ADAPTERS = {"ml-100k": "assets/student/adapter.gguf"}  # v2: distilled on 700 ML-100K teacher rationales
+OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v3: v2 continued on 300 Games teacher rationales
+
+
+def student_adapter(dataset: str) -> str:
+    """The adapter that wrote (or would write) ``dataset``'s student rationales; Amazon sets share v3."""
+    return STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
+
 
 def default_run_dir(dataset: str) -> Path:
     """``runs/<dataset>`` with ``custom:a,b`` made into a safe folder name."""

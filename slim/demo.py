@@ -8,7 +8,7 @@ What a request does (:meth:`DemoService.run`):
 1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
    test split of ``slim.data``) or a custom history (``slim.uploads``: matched catalogue titles).
 2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
-   distilled LoRA ``assets/student/adapter.gguf`` when it exists) always runs live; the teacher
+   dataset's distilled LoRA, ``slim.artifacts.student_adapter``, when it exists) always runs live; the teacher
    column shows the cached teacher rationale for dataset users when ``rationales/teacher.jsonl``
    has one, else runs live when an endpoint is configured, else explains how to enable it.
 3. Rank the catalogue with the student's rationale:
@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .artifacts import student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
 from .prompts import _STEP_RE, parse_steps, prompt_hash, student_messages, teacher_messages
 from .reasoners import GenerationParams
@@ -268,7 +269,7 @@ class DemoService:
         self._catalogues: dict[str, Catalogue] = {}
         self._item_text: dict[str, np.ndarray] = {}
         self._modules: dict[tuple[str, str], Any] = {}
-        self._student = None
+        self._students: dict[str, Any] = {}  # adapter path -> reasoner
         self._teacher: Any = None
         self._teacher_checked = False
         self._encoder = None
@@ -364,26 +365,29 @@ class DemoService:
         return self.request_for_history(name, history_from_titles(list(user_or_titles), self.catalogue(name)))
 
     # ---- models ----------------------------------------------------------------------------
-    @property
-    def adapter_path(self) -> Path:
-        return self.root / "assets" / "student" / "adapter.gguf"
+    def adapter_path(self, name: str = DEFAULT_DATASET) -> Path:
+        """The dataset's own student (slim.artifacts.student_adapter): ML-100K's v2 would answer a
+        Games history with movie-shaped text, and the fitted SLIM checkpoints were trained on v3's."""
+        return self.root / student_adapter(name)
 
-    def student(self):
-        """SmolLM2-135M (+ distilled LoRA when shipped), loaded once."""
+    def student(self, name: str = DEFAULT_DATASET):
+        """SmolLM2-135M (+ the dataset's distilled LoRA when shipped), loaded once per adapter."""
+        adapter = self.adapter_path(name)
         with self._lock:
-            if self._student is None:
+            if str(adapter) not in self._students:
                 from .reasoners import LlamaCppReasoner
                 from .weights import student_gguf_path
 
-                lora = self.adapter_path if self.adapter_path.exists() else None
-                name = "SmolLM2-135M-Instruct + SLIM LoRA" if lora else "SmolLM2-135M-Instruct (base, not distilled)"
-                self._student = LlamaCppReasoner(student_gguf_path(), lora, n_ctx=2048, n_threads=self.n_threads,
-                                                 n_threads_batch=self.n_threads_batch, model_name=name)
-            return self._student
+                lora = adapter if adapter.exists() else None
+                label = (f"SmolLM2-135M-Instruct + SLIM LoRA ({adapter.parent.name})" if lora
+                         else "SmolLM2-135M-Instruct (base, not distilled)")
+                self._students[str(adapter)] = LlamaCppReasoner(
+                    student_gguf_path(), lora, n_ctx=2048, n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads_batch, model_name=label)
+            return self._students[str(adapter)]
 
-    @property
-    def student_distilled(self) -> bool:
-        return self.adapter_path.exists()
+    def student_distilled(self, name: str = DEFAULT_DATASET) -> bool:
+        return self.adapter_path(name).exists()
 
     def teacher(self):
         """A live teacher or None: OpenAI-compatible endpoint from the environment, or the local GGUF."""
@@ -425,7 +429,7 @@ class DemoService:
         """Load everything a first request needs, so the first visitor does not pay for it."""
         self.catalogue(name)
         self.item_text(name)
-        self.student()
+        self.student(name)
         self.teacher()
 
     # ---- cached teacher rationales ----------------------------------------------------------
@@ -511,9 +515,9 @@ class DemoService:
             else:
                 threads.append(threading.Thread(target=self._worker, daemon=True, args=(
                     "teacher", live, teacher_messages(req.titles), self.teacher_params, teacher, emit, events)))
-        student_model = self.student()
-        if not self.student_distilled:
-            student.note = "not distilled yet: assets/student/adapter.gguf is missing"
+        student_model = self.student(req.dataset)
+        if not self.student_distilled(req.dataset):
+            student.note = f"not distilled yet: {student_adapter(req.dataset)} is missing"
         threads.append(threading.Thread(target=self._worker, daemon=True, args=(
             "student", student_model, student_messages(req.titles), self.student_params, student, emit, events)))
         for t in threads:

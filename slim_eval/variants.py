@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slim.artifacts import student_adapter
+
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
                  "match-teacher", "match-step3-clean", "match-clean", "slim-clean")
 
@@ -76,11 +78,6 @@ def spec(name: str) -> VariantSpec:
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANT_NAMES)}")
 
 
-# The shipped student for each dataset: `reason` with no --adapter runs the *undistilled* base model,
-# so the command a report prints must name the adapter the reported numbers came from.
-STUDENT_ADAPTERS = {"ml-100k": "assets/student/adapter.gguf"}
-OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v2 continued on Games teacher rationales
-
 
 def producer_command(rationales: str, dataset: str, out: str | None = None, users: int | None = None,
                      user_seed: int = 0) -> str:
@@ -97,8 +94,8 @@ def producer_command(rationales: str, dataset: str, out: str | None = None, user
         flags += f" --out {out}"
     if rationales == "teacher":
         return f"python -m slim_train teach --dataset {dataset}{flags} --max-tokens 256"
-    adapter = STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
-    return f"python -m slim_train reason --dataset {dataset}{flags} --workers 2 --max-tokens 160 --adapter {adapter}"
+    return (f"python -m slim_train reason --dataset {dataset}{flags} --workers 2 --max-tokens 160 "
+            f"--adapter {student_adapter(dataset)}")
 
 
 def run_name(backbone: str, variant: str, seed: int) -> str:

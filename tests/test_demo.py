@@ -30,10 +30,16 @@ class ScriptedStudent:
             yield word + " "
 
 
+def script_student(svc: DemoService, student: ScriptedStudent, dataset: str = "ml-100k") -> ScriptedStudent:
+    """Stand the scripted student in for the dataset's llama.cpp student (loaded once per adapter)."""
+    svc._students[str(svc.adapter_path(dataset))] = student
+    return student
+
+
 @pytest.fixture(scope="module")
 def service(ml100k, data_dir, tmp_path_factory):
     svc = DemoService(root=tmp_path_factory.mktemp("demo-root"), data_dir=data_dir)  # no runs/, no assets/
-    svc._student = ScriptedStudent()
+    script_student(svc, ScriptedStudent())
     svc._teacher_checked = True  # no teacher configured
     return svc
 
@@ -71,10 +77,10 @@ def test_dataset_user_run_streams_then_ranks(service):
 def test_custom_history_and_memo(service):
     req = service.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars"])
     assert req.target is None and req.titles == ["Toy Story", "Fargo", "Star Wars"]
-    calls = service._student.calls
+    calls = service.student("ml-100k").calls
     first = list(service.run(req))[-1]
     again = list(service.run(req))[-1]
-    assert service._student.calls == calls + 1  # greedy decoding: the same prompt is answered once
+    assert service.student("ml-100k").calls == calls + 1  # greedy decoding: the same prompt is answered once
     assert again.student.text == first.student.text and again.student.from_memory
     assert [r.item_idx for r in again.ranked] == [r.item_idx for r in first.ranked]
 
@@ -93,10 +99,25 @@ def test_student_failure_is_shown_not_raised(service, ml100k):
     svc = DemoService(root=service.root, data_dir=service.data_dir)
     svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
     svc._encoder, svc._teacher_checked = service._encoder, True
-    svc._student = ScriptedStudent(fail=True)
+    script_student(svc, ScriptedStudent(fail=True))
     last = list(svc.run(svc.resolve("ml-100k", "186")))[-1]
     assert last.student.status == "error" and "model exploded" in last.student.markdown()
     assert len(last.ranked[0].item_idx) == 10  # falls back to ranking from the history titles
+
+
+def test_each_dataset_runs_its_own_student(service, tmp_path):
+    """Games is answered by the v3 adapter its rationales and checkpoints came from, not ML-100K's v2;
+    an adapter missing from a checkout is said in the student column, with its path."""
+    from slim.artifacts import student_adapter
+
+    assert service.adapter_path("ml-100k") == service.root / "assets/student/adapter.gguf"
+    assert service.adapter_path("amazon-video-games") == service.root / "assets/student-games/adapter.gguf"
+    repo = DemoService(data_dir=service.data_dir)  # the repository root: both adapters ship with it
+    assert repo.student_distilled("ml-100k") and repo.student_distilled("amazon-video-games")
+    assert repo.adapter_path("ml-100k") != repo.adapter_path("amazon-video-games")
+    assert not service.student_distilled("ml-100k")  # the fixture's empty root has no assets/
+    last = list(service.run(service.resolve("ml-100k", "196")))[-1]
+    assert f"not distilled yet: {student_adapter('ml-100k')} is missing" in last.student.markdown()
 
 
 def test_no_checkpoints_means_untrained_label(service):
@@ -117,7 +138,8 @@ def test_dataset_user_is_ranked_by_a_fitted_slim_checkpoint(ml100k, data_dir, tm
     from slim.recommenders.train import FitConfig, fit
 
     svc = DemoService(root=tmp_path, data_dir=data_dir)
-    svc._student, svc._teacher_checked = ScriptedStudent(), True
+    script_student(svc, ScriptedStudent())
+    svc._teacher_checked = True
     item_text = svc.item_text("ml-100k")
     rng = np.random.default_rng(0)  # rationale vectors: any fixed [users, 384] matrix trains the fusion
     user_text = {s: rng.standard_normal((ml100k.n_users, item_text.shape[1])).astype(np.float32)
