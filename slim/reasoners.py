@@ -164,6 +164,34 @@ class LlamaCppReasoner:
                                   choice.get("finish_reason") or "stop"))
         return out
 
+    def continue_answer(self, messages: Messages, prefix: str, params: GenerationParams | None = None) -> Generation:
+        """Greedy continuation of an assistant answer forced to begin with ``prefix`` (assistant prefill).
+
+        ``create_chat_completion`` has no prefill, so the prompt is rendered with the GGUF's own chat
+        template and tokenised exactly as llama-cpp-python's chat handler does it; with ``prefix=""``
+        the text equals :meth:`generate`'s (tests/test_reasoners.py). ``text`` is the continuation only.
+        """
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        params = params or GenerationParams()
+        llm = self._llm
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=llm.metadata["tokenizer.chat_template"], stop_token_ids=[eos_id],
+            eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "")
+        rendered = formatter(messages=messages)
+        t0 = time.perf_counter()
+        with self._lock:
+            llm.reset()
+            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
+                                  special=True)
+            resp = llm.create_completion(prompt=tokens, max_tokens=params.max_tokens, temperature=params.temperature,
+                                         top_p=params.top_p, seed=params.seed, stop=rendered.stop)
+        choice, usage = resp["choices"][0], resp["usage"]
+        return Generation(choice["text"] or "", usage["completion_tokens"], usage["prompt_tokens"],
+                          time.perf_counter() - t0, self.model_name, choice.get("finish_reason") or "stop")
+
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
         params = params or GenerationParams()
         with self._lock:
@@ -199,18 +227,24 @@ class TransformersReasoner:
         self.batch_size = batch_size
         self.model_name = model_name or (Path(str(model_path)).name + (f"+{Path(adapter_path).name}" if adapter_path else ""))
 
-    def _encode(self, batch: Sequence[Messages]):
-        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+    def _encode(self, batch: Sequence[Messages], prefix: str = ""):
+        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) + prefix
+                 for m in batch]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
-    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]:
+    def continue_answer(self, messages: Messages, prefix: str, params: GenerationParams | None = None) -> Generation:
+        """Greedy continuation of an assistant answer forced to begin with ``prefix`` (the continuation only)."""
+        return self.generate([messages], params, prefix=prefix)[0]
+
+    def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None,
+                 prefix: str = "") -> list[Generation]:
         import torch
 
         params = params or GenerationParams()
         out: list[Generation] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start : start + self.batch_size]
-            enc = self._encode(chunk)
+            enc = self._encode(chunk, prefix)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 ids = self.model.generate(**enc, max_new_tokens=params.max_tokens, do_sample=params.temperature > 0,

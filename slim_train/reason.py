@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from slim.data import load_dataset, sample_users
 from slim.prompts import student_messages, teacher_messages
-from slim.rationales import RationaleStore, make_row, prompt_for
-from slim.reasoners import GenerationParams
+from slim.rationales import RationaleStore, finish_step3, make_row, prompt_for, stopped_before_step3
+from slim.reasoners import Generation, GenerationParams
 
 from .common import add_common, run_dir
 
@@ -38,6 +38,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--name", default="student", help="output file rationales/<name>.jsonl")
+    p.add_argument("--finish-step3", action="store_true",
+                   help="when the model ends its answer after Step 2, continue it from '\\nStep 3:' (assistant "
+                   "prefill); also repairs such rows already in the file (rows say forced_step3)")
     p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
                    "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
 
@@ -55,13 +58,26 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
     _WORKER["prompt"] = student_messages if prompt == "student" else teacher_messages
 
 
-def _work(job: tuple[int, str, dict]) -> dict:
-    user, split, params = job
+def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
+    """One row; ``old``: a row that stopped before Step 3, continued instead of regenerated."""
+    user, split, params, finish, old = job
     ds, reasoner, prompt_fn = _WORKER["ds"], _WORKER["reasoner"], _WORKER["prompt"]
     messages = prompt_for(ds, user, split, prompt_fn)
     p = GenerationParams(**params)
-    gen = reasoner.generate([messages], p)[0]
-    return make_row(ds, user, split, messages, gen, p, role="student")
+    if old is not None:  # greedy decoding: its text is what generate() would write again
+        gen = _generation(old)
+    else:
+        gen = reasoner.generate([messages], p)[0]
+    forced = False
+    if finish:
+        gen, forced = finish_step3(reasoner, messages, gen, p)
+    return make_row(ds, user, split, messages, gen, p, role="student", forced_step3=forced)
+
+
+def _generation(row: dict) -> Generation:
+    """A stored row back as the Generation that wrote it."""
+    return Generation(row["rationale"], int(row["completion_tokens"]), int(row["prompt_tokens"]),
+                      float(row["seconds"]), row["model"], row["finish_reason"])
 
 
 def _default_model(engine: str) -> str:
@@ -82,17 +98,25 @@ def main(args: argparse.Namespace) -> None:
     if args.user_ids:
         users = _select_ids(ds, args.user_ids)
     splits = [s.strip() for s in args.splits.split(",")]
-    jobs = [(int(u), s) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+    jobs = [(int(u), s, None) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+    repairs = []
+    if args.finish_step3:
+        repairs = [(int(u), s, row) for u in users for s in splits
+                   if (row := store.rows.get((str(ds.user_ids[u]), s))) is not None
+                   and not row.get("forced_step3") and stopped_before_step3(row["rationale"], row["finish_reason"])]
+        if repairs:
+            print(f"--finish-step3: continuing {len(repairs)} rows that stopped before Step 3")
     params = GenerationParams(max_tokens=args.max_tokens)
     model = args.model or _default_model(args.engine)
-    bar = tqdm(total=len(users) * len(splits), initial=len(users) * len(splits) - len(jobs),
+    bar = tqdm(total=len(users) * len(splits) + len(repairs), initial=len(users) * len(splits) - len(jobs),
                desc=f"reason {ds.name}", unit="rationale")
     t0 = time.time()
     if args.engine == "llama.cpp":
         ctx = mp.get_context("spawn")
+        work = [(u, s, params.as_dict(), args.finish_step3, old) for u, s, old in repairs + jobs]
         with ctx.Pool(args.workers, _init_worker, (model, args.adapter, args.dataset, args.data_dir, args.prompt)) as pool:
-            for n, row in enumerate(pool.imap_unordered(_work, [(u, s, params.as_dict()) for u, s in jobs]), 1):
-                store.append(row)
+            for n, row in enumerate(pool.imap_unordered(_work, work), 1):
+                store.replace(row)
                 bar.update(1)
                 bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     else:
@@ -102,8 +126,14 @@ def main(args: argparse.Namespace) -> None:
         reasoner = TransformersReasoner(model, args.adapter, batch_size=args.batch_size,
                                         dtype="bfloat16" if not _cuda() else "float16")
         prompt_fn = student_messages if args.prompt == "student" else teacher_messages
+        for u, s, old in repairs:
+            messages = prompt_for(ds, u, s, prompt_fn)
+            gen, forced = finish_step3(reasoner, messages, _generation(old), params)
+            store.replace(make_row(ds, u, s, messages, gen, params, role="student", forced_step3=forced))
+            bar.update(1)
         for n, _ in enumerate(write_rationales(reasoner, ds, users, splits, store, prompt_fn, params,
-                                               role="student", batch_size=args.batch_size), 1):
+                                               role="student", batch_size=args.batch_size,
+                                               finish=args.finish_step3), 1):
             bar.update(1)
             bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     bar.close()

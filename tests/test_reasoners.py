@@ -57,3 +57,17 @@ def test_in_process_llama_cpp_matches_the_server(server, student_gguf):
     remote = OpenAIChatReasoner(server.base_url, "smollm2")
     assert local.generate([msgs], PARAMS)[0].text == remote.generate([msgs], PARAMS)[0].text
     assert "".join(local.stream(msgs, PARAMS)) == local.generate([msgs], PARAMS)[0].text
+
+
+def test_prefill_continues_exactly_where_the_chat_path_would(student_gguf):
+    """``continue_answer`` renders the GGUF's chat template itself (llama.cpp's chat API has no
+    prefill): with no prefix it writes exactly the chat path's text (same template, same tokens), so a
+    forced "Step 3:" continues the answer the model would have been given. (Cutting a greedy text
+    mid-way and continuing need not reproduce it: the re-tokenised prefix can differ from the sampled
+    tokens.)"""
+    local = LlamaCppReasoner(student_gguf, n_threads=1, n_ctx=1024)
+    msgs = student_messages(["Star Wars", "Alien", "Blade Runner"])
+    full = local.generate([msgs], PARAMS)[0].text
+    assert local.continue_answer(msgs, "", PARAMS).text == full
+    forced = local.continue_answer(msgs, "Step 1: likes sci-fi.\nStep 2: Sci-Fi.\nStep 3:", PARAMS)
+    assert forced.text.strip() and 0 < forced.completion_tokens <= PARAMS.max_tokens
