@@ -321,3 +321,31 @@ def test_missing_rationales_command_names_the_student_and_the_sample():
     assert teacher.startswith("python -m slim_train teach --dataset ml-100k") and "--out runs/x" in teacher
     for cmd in (ml, games):  # the adapters it names ship with the repository
         assert (Path(__file__).resolve().parents[1] / cmd.split("--adapter ")[1]).is_file()
+
+
+def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
+    """The interval is around the same Improv. the tables print; a SLIM row equal to its best baseline
+    is never "better", and one that wins on every user always is."""
+    from slim.metrics import rank_metrics
+    from slim_eval.report import improvement_interval, improvement_table
+
+    layout, rng, users = RunLayout(tmp_path), np.random.default_rng(0), np.arange(400).astype(str)
+    ranks = {"id": rng.integers(1, 60, 400), "text": rng.integers(1, 30, 400)}
+    ranks["slim"] = np.maximum(ranks["text"] - 2, 1)  # better than X+ for every user ranked > 1
+    results = []
+    for v, r in ranks.items():
+        for seed in (0, 1):
+            save_npz(layout.eval_file("test", run_name("sasrec", v, seed), "sampled"), {}, ranks=r, user_ids=users)
+        m = rank_metrics(r)["NDCG@10"]
+        results.append({"backbone": "sasrec", "variant": v, "protocol": "sampled", "seeds": [0, 1],
+                        "metrics": {"NDCG@10": {"mean": m, "std": 0.0}}})
+    report = {"dataset": "t", "split": "test", "protocols": ["sampled"], "results": results}
+    ci = improvement_interval(layout, report, "sasrec", "sampled")
+    assert ci["improv"] == pytest.approx(improvement(report, "sasrec", "sampled", "NDCG@10"))
+    assert ci["lo"] < ci["improv"] < ci["hi"] and ci["improv"] > 0 and ci["p_not_better"] == 0.0
+    assert ci["users"] == 400 and ci["seeds"] == 2
+    assert "| SASRec | 100 sampled negatives |" in improvement_table(layout, report)
+    for seed in (0, 1):  # SLIM = X+ exactly: no resample says it is better
+        save_npz(layout.eval_file("test", run_name("sasrec", "slim", seed), "sampled"), {}, ranks=ranks["text"],
+                 user_ids=users)
+    assert improvement_interval(layout, report, "sasrec", "sampled")["p_not_better"] == 1.0
