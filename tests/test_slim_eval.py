@@ -305,7 +305,7 @@ def test_dataset_all_expands_to_the_reported_samples():
     assert [r[r.index("--dataset") + 1] for r in runs] == list(REPORTED_DATASETS)
     games = runs[1]
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-2:] == ["--users", "3000"]
-    assert runs[2][-2:] == ["--users", "600"]  # Scientific: the sample its student rationales cover
+    assert runs[2][-4:] == ["--users", "600", "--min-coverage", "0.85"]  # Scientific: its rationales' sample
     assert "--users" not in runs[0]  # ML-100K: all 943 users
     # an explicit sample applies to every dataset and is not doubled
     assert all(r.count("--users") == 1 and "50" in r for r in expand_all(["--dataset=all", "--users", "50"]))
