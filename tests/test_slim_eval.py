@@ -299,16 +299,20 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
 
 
 def test_dataset_all_expands_to_the_reported_samples():
-    from slim_eval.__main__ import REPORTED_DATASETS, expand_all
+    from slim_eval.__main__ import REPORTED_DATASETS, REPORTED_VARIANTS, expand_all
 
     runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
     assert [r[r.index("--dataset") + 1] for r in runs] == list(REPORTED_DATASETS)
-    games = runs[1]
-    assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-2:] == ["--users", "3000"]
-    assert runs[2][-4:] == ["--users", "600", "--min-coverage", "0.85"]  # Scientific: its rationales' sample
-    assert "--users" not in runs[0]  # ML-100K: all 943 users
-    # an explicit sample applies to every dataset and is not doubled
-    assert all(r.count("--users") == 1 and "50" in r for r in expand_all(["--dataset=all", "--users", "50"]))
+    ml, games, sci = runs
+    assert "--users" not in ml and "--variants" not in ml  # ML-100K: all 943 users, every variant (auto)
+    assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
+                                                                             REPORTED_VARIANTS]
+    assert sci[sci.index("--users"):] == ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS]
+    assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
+    # a flag the caller gives wins, once: an explicit sample replaces each dataset's sample and guard
+    explicit = expand_all(["--dataset=all", "--users", "50", "--variants", "id"])
+    assert all(r.count("--users") == 1 and "50" in r and r.count("--variants") == 1 and "--min-coverage" not in r
+               for r in explicit)
 
 
 def test_missing_rationales_command_names_the_student_and_the_sample():
