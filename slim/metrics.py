@@ -45,23 +45,26 @@ DEFAULT_KS = (10, 20)
 # ranks -> metrics
 # ---------------------------------------------------------------------------------------
 
-def rank_metrics(ranks: np.ndarray | torch.Tensor | Sequence[int], ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """Mean HR@K, NDCG@K (for each K) and MRR from 1-based ranks of the single relevant item.
+def user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-user HR@K / NDCG@K / MRR from 1-based ranks (one relevant item, so IDCG = 1 and
+    NDCG@K = 1/log2(rank+1) when rank <= K, else 0); :func:`rank_metrics` is its mean."""
+    r = np.asarray(ranks, dtype=np.float64)
+    if metric == "MRR":
+        return 1.0 / r
+    kind, k = metric.split("@")
+    hit = r <= int(k)
+    return hit.astype(np.float64) if kind == "HR" else np.where(hit, 1.0 / np.log2(r + 1.0), 0.0)
 
-    With one relevant item per user, IDCG = 1, so NDCG@K = 1/log2(rank+1) when rank <= K, else 0.
-    """
+
+def rank_metrics(ranks: np.ndarray | torch.Tensor | Sequence[int], ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Mean HR@K, NDCG@K (for each K) and MRR from 1-based ranks of the single relevant item."""
     r = np.asarray(ranks.cpu() if isinstance(ranks, torch.Tensor) else ranks, dtype=np.float64)
     if r.size == 0:
         raise ValueError("no ranks to average (empty user set)")
     if (r < 1).any():
         raise ValueError("ranks are 1-based; got a rank < 1")
-    out: dict[str, float] = {}
-    gain = 1.0 / np.log2(r + 1.0)
-    for k in ks:
-        hit = r <= k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, gain, 0.0).mean())
-    out["MRR"] = float((1.0 / r).mean())
+    names = [f"{kind}@{k}" for k in ks for kind in ("HR", "NDCG")] + ["MRR"]
+    out = {name: float(user_metric(r, name).mean()) for name in names}
     return dict(sorted(out.items(), key=_metric_order))
 
 

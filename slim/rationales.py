@@ -142,6 +142,15 @@ def finish_step3(reasoner, messages: Messages, gen: Generation, params: Generati
                       gen.seconds + more.seconds, gen.model, more.finish_reason, more.error), True
 
 
+def finished_row(reasoner, dataset: SequentialDataset, user: int, split: Split, messages: Messages,
+                 gen: Generation, params: GenerationParams, role: str, finish: bool) -> dict:
+    """``make_row``, after continuing an answer that stopped before Step 3 when ``finish`` is set."""
+    forced = False
+    if finish:
+        gen, forced = finish_step3(reasoner, messages, gen, params)
+    return make_row(dataset, user, split, messages, gen, params, role, forced_step3=forced)
+
+
 def prompt_for(dataset: SequentialDataset, user: int, split: Split, prompt_fn: PromptFn) -> Messages:
     """The only way a rationale prompt is built: from the history, never the target."""
     return prompt_fn(dataset.titles(dataset.history(user, split)))
@@ -183,10 +192,7 @@ def write_rationales(
         prompts = [prompt_for(dataset, u, s, prompt_fn) for u, s in chunk]
         gens = reasoner.generate(prompts, params)
         for (u, s), messages, gen in zip(chunk, prompts, gens):
-            forced = False
-            if finish:  # ``finish``: answers that stop before Step 3 are continued (finish_step3)
-                gen, forced = finish_step3(reasoner, messages, gen, params)
-            row = make_row(dataset, u, s, messages, gen, params, role, forced_step3=forced)
+            row = finished_row(reasoner, dataset, u, s, messages, gen, params, role, finish)
             store.append(row)
             yield row
             errors = errors + 1 if gen.error else 0

@@ -143,6 +143,7 @@ class LlamaCppReasoner:
                           n_threads=n_threads or 1, n_threads_batch=n_threads_batch or n_threads or 1,
                           verbose=False, seed=0)
         self._lock = threading.Lock()
+        self._formatter = None  # continue_answer's chat template, built on first use
 
     def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
         return self._llm.create_chat_completion(
@@ -164,6 +165,19 @@ class LlamaCppReasoner:
                                   choice.get("finish_reason") or "stop"))
         return out
 
+    def _chat_formatter(self):
+        """The GGUF's chat template as llama-cpp-python builds it for its chat handler (compiled once)."""
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = self._llm
+            eos_id, bos_id = llm.token_eos(), llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=llm.metadata["tokenizer.chat_template"], stop_token_ids=[eos_id],
+                eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+                bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "")
+        return self._formatter
+
     def continue_answer(self, messages: Messages, prefix: str, params: GenerationParams | None = None) -> Generation:
         """Greedy continuation of an assistant answer forced to begin with ``prefix`` (assistant prefill).
 
@@ -171,16 +185,9 @@ class LlamaCppReasoner:
         template and tokenised exactly as llama-cpp-python's chat handler does it; with ``prefix=""``
         the text equals :meth:`generate`'s (tests/test_reasoners.py). ``text`` is the continuation only.
         """
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         params = params or GenerationParams()
         llm = self._llm
-        eos_id, bos_id = llm.token_eos(), llm.token_bos()
-        formatter = Jinja2ChatFormatter(
-            template=llm.metadata["tokenizer.chat_template"], stop_token_ids=[eos_id],
-            eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
-            bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "")
-        rendered = formatter(messages=messages)
+        rendered = self._chat_formatter()(messages=messages)
         t0 = time.perf_counter()
         with self._lock:
             llm.reset()

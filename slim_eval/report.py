@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from slim.artifacts import RunLayout, load_npz, read_json
-from slim.metrics import mean_std, rank_metrics
+from slim.metrics import mean_std, rank_metrics, user_metric
 
 from .variants import run_name
 
@@ -212,20 +212,15 @@ def eval_arrays(layout: RunLayout, report: dict, backbone: str, variant: str, pr
 
 
 def per_user_gain(layout: RunLayout, report: dict, backbone: str, variant: str, protocol: str,
-                  metric: str = "NDCG@10") -> tuple[np.ndarray, np.ndarray] | None:
-    """(user ids, the metric per user averaged over the row's seeds); None without stored files."""
+                  metric: str = "NDCG@10") -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(user ids, the metric per user averaged over the row's seeds, number of seeds); None without files."""
     runs = eval_arrays(layout, report, backbone, variant, protocol)
     if not runs:
         return None
     users = runs[0][1]["user_ids"]
-    k = int(metric.split("@")[1])
-    values = []
-    for _, arr in runs:
-        if not np.array_equal(arr["user_ids"], users):
-            raise ValueError(f"{backbone}-{variant} seeds scored different users; rerun slim_eval")
-        r = arr["ranks"].astype(np.float64)
-        values.append(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0) if metric.startswith("NDCG") else (r <= k) * 1.0)
-    return users, np.mean(values, axis=0)
+    if any(not np.array_equal(arr["user_ids"], users) for _, arr in runs):
+        raise ValueError(f"{backbone}-{variant} seeds scored different users; rerun slim_eval")
+    return users, np.mean([user_metric(arr["ranks"], metric) for _, arr in runs], axis=0), len(runs)
 
 
 def improvement_interval(layout: RunLayout, report: dict, backbone: str, protocol: str, metric: str = "NDCG@10",
@@ -252,7 +247,7 @@ def improvement_interval(layout: RunLayout, report: dict, backbone: str, protoco
     point = got["slim"][1].mean() / max(b.mean() for b in base) - 1
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"improv": float(point), "lo": float(lo), "hi": float(hi), "p_not_better": float((boot <= 0).mean()),
-            "users": int(len(users)), "seeds": len(eval_arrays(layout, report, backbone, "slim", protocol))}
+            "users": int(len(users)), "seeds": got["slim"][2]}
 
 
 def improvement_table(layout: RunLayout, report: dict, metric: str = "NDCG@10", markdown: bool = True) -> str | None:

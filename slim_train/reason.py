@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from slim.data import load_dataset, sample_users
 from slim.prompts import student_messages, teacher_messages
-from slim.rationales import RationaleStore, finish_step3, make_row, prompt_for, stopped_before_step3
+from slim.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
 from slim.reasoners import Generation, GenerationParams
 
 from .common import add_common, run_dir
@@ -64,14 +64,9 @@ def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
     ds, reasoner, prompt_fn = _WORKER["ds"], _WORKER["reasoner"], _WORKER["prompt"]
     messages = prompt_for(ds, user, split, prompt_fn)
     p = GenerationParams(**params)
-    if old is not None:  # greedy decoding: its text is what generate() would write again
-        gen = _generation(old)
-    else:
-        gen = reasoner.generate([messages], p)[0]
-    forced = False
-    if finish:
-        gen, forced = finish_step3(reasoner, messages, gen, p)
-    return make_row(ds, user, split, messages, gen, p, role="student", forced_step3=forced)
+    # greedy decoding: a stored row's text is what generate() would write again
+    gen = _generation(old) if old is not None else reasoner.generate([messages], p)[0]
+    return finished_row(reasoner, ds, user, split, messages, gen, p, "student", finish)
 
 
 def _generation(row: dict) -> Generation:
@@ -128,8 +123,7 @@ def main(args: argparse.Namespace) -> None:
         prompt_fn = student_messages if args.prompt == "student" else teacher_messages
         for u, s, old in repairs:
             messages = prompt_for(ds, u, s, prompt_fn)
-            gen, forced = finish_step3(reasoner, messages, _generation(old), params)
-            store.replace(make_row(ds, u, s, messages, gen, params, role="student", forced_step3=forced))
+            store.replace(finished_row(reasoner, ds, u, s, messages, _generation(old), params, "student", True))
             bar.update(1)
         for n, _ in enumerate(write_rationales(reasoner, ds, users, splits, store, prompt_fn, params,
                                                role="student", batch_size=args.batch_size,
