@@ -34,9 +34,13 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    # None: the engine's own default. llama.cpp's server applies 1.1 unless told otherwise, the
+    # in-process Llama 1.0; spelling it out is what makes the two write the same text
+    repeat_penalty: float | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # rows written before repeat_penalty existed carry no such key: keep it out when unset
+        return {k: v for k, v in asdict(self).items() if k != "repeat_penalty" or v is not None}
 
 
 @dataclass
@@ -90,7 +94,7 @@ class OpenAIChatReasoner:
         try:
             resp = self._client.chat.completions.create(
                 model=self.model_name, messages=messages, max_tokens=params.max_tokens,
-                temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                temperature=params.temperature, top_p=params.top_p, seed=params.seed, **_extra_body(params),
             )
         except Exception as e:  # noqa: BLE001 - one failed user must not stop a batch
             return Generation("", 0, 0, time.perf_counter() - t0, self.model_name, "error", f"{type(e).__name__}: {e}")
@@ -114,16 +118,25 @@ class OpenAIChatReasoner:
         params = params or GenerationParams()
         chunks = self._client.chat.completions.create(
             model=self.model_name, messages=messages, max_tokens=params.max_tokens,
-            temperature=params.temperature, top_p=params.top_p, seed=params.seed, stream=True,
+            temperature=params.temperature, top_p=params.top_p, seed=params.seed, stream=True, **_extra_body(params),
         )
         for chunk in chunks:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
 
 
+def _extra_body(params: GenerationParams) -> dict:
+    """Non-OpenAI sampling fields, sent only when set: llama.cpp's server reads ``repeat_penalty``."""
+    return {"extra_body": {"repeat_penalty": params.repeat_penalty}} if params.repeat_penalty is not None else {}
+
+
 # ---------------------------------------------------------------------------------------
 # in-process llama.cpp
 # ---------------------------------------------------------------------------------------
+def _penalty(params: GenerationParams) -> float:
+    return 1.0 if params.repeat_penalty is None else params.repeat_penalty
+
+
 class LlamaCppReasoner:
     """llama.cpp in this process. One context is not thread-safe, so calls are serialised."""
 
@@ -148,7 +161,7 @@ class LlamaCppReasoner:
     def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
         return self._llm.create_chat_completion(
             messages=messages, max_tokens=params.max_tokens, temperature=params.temperature,
-            top_p=params.top_p, seed=params.seed, stream=stream,
+            top_p=params.top_p, seed=params.seed, stream=stream, repeat_penalty=_penalty(params),
         )
 
     def generate(self, batch: Sequence[Messages], params: GenerationParams | None = None) -> list[Generation]:
@@ -194,7 +207,8 @@ class LlamaCppReasoner:
             tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
                                   special=True)
             resp = llm.create_completion(prompt=tokens, max_tokens=params.max_tokens, temperature=params.temperature,
-                                         top_p=params.top_p, seed=params.seed, stop=rendered.stop)
+                                         top_p=params.top_p, seed=params.seed, stop=rendered.stop,
+                                         repeat_penalty=_penalty(params))
         choice, usage = resp["choices"][0], resp["usage"]
         return Generation(choice["text"] or "", usage["completion_tokens"], usage["prompt_tokens"],
                           time.perf_counter() - t0, self.model_name, choice.get("finish_reason") or "stop")
@@ -256,6 +270,9 @@ class TransformersReasoner:
             with torch.inference_mode():
                 ids = self.model.generate(**enc, max_new_tokens=params.max_tokens, do_sample=params.temperature > 0,
                                           temperature=params.temperature or None, top_p=None, top_k=None,
+                                          # the same CTRL penalty, but over the whole context where
+                                          # llama.cpp uses the last 64 tokens: texts can differ when set
+                                          repetition_penalty=params.repeat_penalty,
                                           pad_token_id=self.tokenizer.pad_token_id)
             seconds = (time.perf_counter() - t0) / len(chunk)
             new = ids[:, enc["input_ids"].shape[1]:]
@@ -293,7 +310,7 @@ class LlamaCppServer:
     """``python -m llama_cpp.server`` on 127.0.0.1, as a context manager.
 
     It gives the local teacher the same OpenAI-compatible interface a vLLM or OpenAI teacher
-    has, so ``teach`` has one code path.
+    has (``teach --server``, the demo's live teacher).
     """
 
     def __init__(self, model_path: str | Path, port: int | None = None, n_ctx: int = 2048, n_threads: int = 2,

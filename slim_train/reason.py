@@ -10,8 +10,6 @@ use on a GPU). Both decode greedily, and tests check they produce the same text.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import time
 from pathlib import Path
 
@@ -21,9 +19,10 @@ from tqdm import tqdm
 from slim.data import load_dataset, sample_users
 from slim.prompts import student_messages, teacher_messages
 from slim.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
-from slim.reasoners import Generation, GenerationParams
+from slim.reasoners import GenerationParams
 
 from .common import add_common, run_dir
+from .pool import pool_rows, stored_generation
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -43,36 +42,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "prefill); also repairs such rows already in the file (rows say forced_step3)")
     p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
                    "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
-
-
-# ---- llama.cpp worker processes (one Llama each; module-level so they pickle) -------------
-_WORKER = {}
-
-
-def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | None, prompt: str) -> None:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    from slim.reasoners import LlamaCppReasoner
-
-    _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=2048)
-    _WORKER["ds"] = load_dataset(dataset, data_dir)
-    _WORKER["prompt"] = student_messages if prompt == "student" else teacher_messages
-
-
-def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
-    """One row; ``old``: a row that stopped before Step 3, continued instead of regenerated."""
-    user, split, params, finish, old = job
-    ds, reasoner, prompt_fn = _WORKER["ds"], _WORKER["reasoner"], _WORKER["prompt"]
-    messages = prompt_for(ds, user, split, prompt_fn)
-    p = GenerationParams(**params)
-    # greedy decoding: a stored row's text is what generate() would write again
-    gen = _generation(old) if old is not None else reasoner.generate([messages], p)[0]
-    return finished_row(reasoner, ds, user, split, messages, gen, p, "student", finish)
-
-
-def _generation(row: dict) -> Generation:
-    """A stored row back as the Generation that wrote it."""
-    return Generation(row["rationale"], int(row["completion_tokens"]), int(row["prompt_tokens"]),
-                      float(row["seconds"]), row["model"], row["finish_reason"])
 
 
 def _default_model(engine: str) -> str:
@@ -107,13 +76,13 @@ def main(args: argparse.Namespace) -> None:
                desc=f"reason {ds.name}", unit="rationale")
     t0 = time.time()
     if args.engine == "llama.cpp":
-        ctx = mp.get_context("spawn")
-        work = [(u, s, params.as_dict(), args.finish_step3, old) for u, s, old in repairs + jobs]
-        with ctx.Pool(args.workers, _init_worker, (model, args.adapter, args.dataset, args.data_dir, args.prompt)) as pool:
-            for n, row in enumerate(pool.imap_unordered(_work, work), 1):
-                store.replace(row)
-                bar.update(1)
-                bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
+        rows = pool_rows(repairs + jobs, model=model, adapter=args.adapter, dataset=args.dataset,
+                         data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
+                         workers=args.workers, finish=args.finish_step3)
+        for n, row in enumerate(rows, 1):
+            store.replace(row)
+            bar.update(1)
+            bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     else:
         from slim.rationales import write_rationales
         from slim.reasoners import TransformersReasoner
@@ -123,7 +92,7 @@ def main(args: argparse.Namespace) -> None:
         prompt_fn = student_messages if args.prompt == "student" else teacher_messages
         for u, s, old in repairs:
             messages = prompt_for(ds, u, s, prompt_fn)
-            store.replace(finished_row(reasoner, ds, u, s, messages, _generation(old), params, "student", True))
+            store.replace(finished_row(reasoner, ds, u, s, messages, stored_generation(old), params, "student", True))
             bar.update(1)
         for n, _ in enumerate(write_rationales(reasoner, ds, users, splits, store, prompt_fn, params,
                                                role="student", batch_size=args.batch_size,

@@ -1,8 +1,11 @@
 """``teach``: teacher rationales (3-step CoT) for a seeded sample of users -> append-only JSONL.
 
-By default the teacher is Qwen2.5-Coder-1.5B-Instruct (GGUF, from PyPI part packages) behind a local
-llama.cpp OpenAI-compatible server; ``--base-url``/``--model`` point the same code at vLLM, Ollama or
-OpenAI (key from OPENAI_API_KEY). Users are visited in the order of a seeded permutation, so a run
+By default the teacher is Qwen2.5-Coder-1.5B-Instruct (GGUF, from PyPI part packages) run by
+``--workers`` single-threaded llama.cpp processes (1.23x the throughput of one 2-thread server on 2
+cores: see slim_train/pool.py); ``--server`` runs it behind a local OpenAI-compatible llama.cpp server
+instead, and ``--base-url``/``--model`` point the same code at vLLM, Ollama or OpenAI (key from
+OPENAI_API_KEY). The local paths decode greedily with the same chat template and repeat penalty, so
+they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py). Users are visited in the order of a seeded permutation, so a run
 stopped early is still a uniform sample and ``--users`` can grow later without redoing work.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -24,6 +28,7 @@ from slim.reasoners import GenerationParams, LlamaCppServer, OpenAIChatReasoner
 from slim.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
+from .pool import pool_rows
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -33,8 +38,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name at the endpoint, or a GGUF path for the local server")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=320)
-    p.add_argument("--threads", type=int, default=2, help="llama.cpp threads for the local teacher")
+    p.add_argument("--workers", type=int, default=2, help="local teacher: llama.cpp processes (1 thread each)")
+    p.add_argument("--server", action="store_true", help="local teacher behind one llama.cpp server (--threads)")
+    p.add_argument("--threads", type=int, default=2, help="llama.cpp threads of the --server teacher")
+    p.add_argument("--repeat-penalty", type=float, default=None,
+                   help=f"default: {LOCAL_REPEAT_PENALTY} for the local teacher, the endpoint's own with --base-url")
     p.add_argument("--name", default="teacher", help="output file rationales/<name>.jsonl")
+
+
+# llama.cpp's server default, which every local teacher row written before the worker pool got
+# implicitly (their stored params do not say so); the pool sets it so that both write the same text
+LOCAL_REPEAT_PENALTY = 1.1
 
 
 def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
@@ -51,7 +65,33 @@ def main(args: argparse.Namespace) -> None:
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
     users = user_order(ds.n_users, args.users, args.seed)
     splits = [s.strip() for s in args.splits.split(",")]
-    params = GenerationParams(max_tokens=args.max_tokens)
+    penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LOCAL_REPEAT_PENALTY
+    params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=penalty)
+    total = len(users) * len(splits)
+    bar = tqdm(total=total, initial=sum((str(ds.user_ids[u]), s) in store for u in users for s in splits),
+               desc=f"teach {ds.name}", unit="rationale")
+    t0, n_ok, n = time.time(), 0, 0
+    for row in _rows(args, ds, out, users, splits, store, params):
+        n += 1
+        n_ok += row["status"] == "ok"
+        bar.update(1)
+        bar.set_postfix(ok=f"{n_ok}/{n}", s_per=f"{(time.time() - t0) / n:.1f}")
+    bar.close()
+    print(f"{len(store.ok_rows())} ok rows of {len(store)} in {store.path}")
+
+
+def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: list[str], store: RationaleStore,
+          params: GenerationParams) -> Iterator[dict]:
+    """Missing rows from the chosen engine, each stored as soon as it exists."""
+    if not args.base_url and not args.server:
+        gguf = str(Path(args.model) if args.model else teacher_gguf_path(install=True))
+        jobs = [(int(u), s, None) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+        for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
+                             prompt="teacher", role="teacher", params=params, workers=args.workers,
+                             model_name=None if args.model else TEACHER_NAME, n_ctx=4096):
+            store.append(row)
+            yield row
+        return
     with contextlib.ExitStack() as stack:
         if args.base_url:
             base_url, model = args.base_url, args.model or "gpt-3.5-turbo"
@@ -62,15 +102,5 @@ def main(args: argparse.Namespace) -> None:
                                                         log_path=out / "teacher-server.log"))
             base_url, model = server.base_url, server.model_alias
         reasoner = OpenAIChatReasoner(base_url, model, concurrency=args.concurrency)
-        total = len(users) * len(splits)
-        bar = tqdm(total=total, initial=sum((str(ds.user_ids[u]), s) in store for u in users for s in splits),
-                   desc=f"teach {ds.name}", unit="rationale")
-        t0, n_ok, n = time.time(), 0, 0
-        for row in write_rationales(reasoner, ds, users, splits, store, teacher_messages, params, role="teacher",
-                                    batch_size=max(1, args.concurrency)):
-            n += 1
-            n_ok += row["status"] == "ok"
-            bar.update(1)
-            bar.set_postfix(ok=f"{n_ok}/{n}", s_per=f"{(time.time() - t0) / n:.1f}")
-        bar.close()
-    print(f"{len(store.ok_rows())} ok rows of {len(store)} in {store.path}")
+        yield from write_rationales(reasoner, ds, users, splits, store, teacher_messages, params, role="teacher",
+                                    batch_size=max(1, args.concurrency))

@@ -1,0 +1,56 @@
+"""``teach``: the worker pool (default) and the llama.cpp server (``--server``) write the same rows.
+
+Real model: SmolLM2-135M GGUF stands in for the 1.5B teacher (``--model``), on real ML-100K users;
+the server is a real ``llama_cpp.server`` process on 127.0.0.1 driven through the openai client.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from slim.reasoners import GenerationParams
+from slim.weights import student_gguf_path
+
+
+@pytest.fixture(scope="module")
+def small_gguf():
+    try:
+        return str(student_gguf_path())
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def teach(out, gguf, *extra) -> list[dict]:
+    from slim_train.__main__ import main
+
+    main(["teach", "--dataset", "ml-100k", "--out", str(out), "--users", "2", "--splits", "valid,test",
+          "--max-tokens", "48", "--model", gguf, *extra])
+    return [json.loads(line) for line in (out / "rationales" / "teacher.jsonl").read_text().splitlines()]
+
+
+def test_repeat_penalty_is_recorded_only_when_set():
+    # rows written before the field existed have no such key: an unset penalty must not add one
+    assert "repeat_penalty" not in GenerationParams().as_dict()
+    assert GenerationParams(repeat_penalty=1.1).as_dict()["repeat_penalty"] == 1.1
+
+
+def test_worker_pool_and_server_write_the_same_teacher_rows(small_gguf, tmp_path):
+    # 1.3, not the server's implicit 1.1: equal texts prove the penalty reaches the server
+    pool = teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3")
+    server = teach(tmp_path / "server", small_gguf, "--server", "--threads", "1", "--repeat-penalty", "1.3")
+    key = lambda r: (r["user_id"], r["split"])  # noqa: E731
+    assert sorted(map(key, pool)) == sorted(map(key, server)) and len(pool) == 4
+    by_key = {key(r): r for r in server}
+    for row in pool:
+        assert row["role"] == "teacher" and row["params"]["repeat_penalty"] == 1.3
+        assert row["rationale"] == by_key[key(row)]["rationale"]
+        assert row["prompt_hash"] == by_key[key(row)]["prompt_hash"]
+    assert teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3") == pool  # resumed: nothing redone
+
+
+def test_local_teacher_defaults_to_the_servers_implicit_penalty(small_gguf, tmp_path):
+    rows = teach(tmp_path, small_gguf, "--workers", "1", "--users", "1", "--splits", "valid")
+    assert [r["params"]["repeat_penalty"] for r in rows] == [1.1]
