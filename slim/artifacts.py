@@ -65,18 +65,24 @@ class RunLayout:
     """Paths inside one run directory (nothing is created until a writer asks for it)."""
 
     root: Path
+    # another run's directory whose rationales/ this run reads: a user sample evaluated in its own
+    # directory (its own checkpoints, per-user files, report) shares the rationale files
+    rationales_from: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+        if self.rationales_from is not None:
+            object.__setattr__(self, "rationales_from", Path(self.rationales_from))
 
     @classmethod
-    def for_dataset(cls, dataset: str, out: str | Path | None = None) -> "RunLayout":
-        return cls(Path(out) if out else default_run_dir(dataset))
+    def for_dataset(cls, dataset: str, out: str | Path | None = None,
+                    rationales_from: str | Path | None = None) -> "RunLayout":
+        return cls(Path(out) if out else default_run_dir(dataset), rationales_from)
 
     # ---- producers' outputs ------------------------------------------------------------
     @property
     def rationales_dir(self) -> Path:
-        return self.root / "rationales"
+        return (self.rationales_from or self.root) / "rationales"
 
     def rationales(self, name: str) -> Path:
         """``teacher`` / ``student`` (or any other reasoner name) -> its JSONL."""

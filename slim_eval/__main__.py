@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>)")
     p.add_argument("--users", type=int, default=None, help="seeded sample of N users (recorded in the report)")
     p.add_argument("--user-seed", type=int, default=0, help="seed of the --users sample")
+    p.add_argument("--rationales-from", type=Path, default=None,
+                   help="read rationales/ from this run directory (e.g. runs/<dataset>) instead of --out's: "
+                   "a second user sample in its own --out shares the rationale files")
     p.add_argument("--min-coverage", type=float, default=0.9,
                    help="skip a rationale variant when fewer users than this have a rationale")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     torch.set_num_threads(max(1, args.threads))
     from .pipeline import load_data, rationale_report, run_grid
 
-    layout = RunLayout.for_dataset(args.dataset, args.out)
+    layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from)
     if args.rationales:
         from slim.data import load_dataset
 
@@ -143,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     def write(results, notes, final: bool = False) -> dict:
         report = build_report(dataset.name, args.split, protocols, user_sample, results, data_stats)
+        if args.rationales_from:  # so that `regenerate` reads the same rationale files
+            report["rationales_from"] = str(args.rationales_from)
         write_json(layout.report(args.split, "json"), report)
         status = "" if final else " (in progress: the grid is still running)"
         extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "

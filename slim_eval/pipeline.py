@@ -61,7 +61,9 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
     if s.rationales is None:
         return None
     path = layout.rationales(s.rationales)
-    out = None if args.out is None else str(args.out)
+    # the producer writes <out>/rationales: the directory this run reads them from
+    source = args.rationales_from or args.out
+    out = None if source is None else str(source)
     cmd = producer_command(s.rationales, args.dataset, out, args.users, args.user_seed)
     if not path.exists():
         return f"skipped {s.name}: {path} is missing; make it with `{cmd}`"

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from slim.data import load_dataset
+from slim.data import load_dataset, sample_users
 from slim.prompts import teacher_messages
 from slim.rationales import RationaleStore, write_rationales
 from slim.reasoners import GenerationParams, LlamaCppServer, OpenAIChatReasoner
@@ -33,6 +33,9 @@ from .pool import pool_rows
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
+    p.add_argument("--eval-users", type=int, default=None,
+                   help="the seeded sample of `slim_eval --users N --user-seed S` (with --seed S), instead of "
+                   "--users' permutation prefix: what a `teacher` variant on a user sample needs")
     p.add_argument("--splits", default="valid", help="valid (train prefix; what distillation uses) and/or test")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; default: local llama.cpp teacher")
     p.add_argument("--model", default=None, help="model name at the endpoint, or a GGUF path for the local server")
@@ -63,7 +66,10 @@ def main(args: argparse.Namespace) -> None:
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
-    users = user_order(ds.n_users, args.users, args.seed)
+    if args.eval_users is not None and args.users is not None:
+        raise SystemExit("teach: give --users (a permutation prefix) or --eval-users (slim_eval's sample), not both")
+    users = (sample_users(ds, args.eval_users, args.seed) if args.eval_users is not None
+             else user_order(ds.n_users, args.users, args.seed))
     splits = [s.strip() for s in args.splits.split(",")]
     penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LOCAL_REPEAT_PENALTY
     params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=penalty)

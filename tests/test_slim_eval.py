@@ -218,6 +218,28 @@ def test_rationale_variants_fit_and_low_coverage_is_refused(first_run, tmp_path,
     assert len(list((out / "checkpoints").glob("sasrec-slim-clean-seed0-*"))) == 1  # apart from plain slim
 
 
+def test_a_second_sample_reads_another_runs_rationales(first_run, tmp_path, capsys):
+    """``--rationales-from``: own checkpoints and report, shared rationale files; regenerate keeps it."""
+    import shutil
+
+    from slim.data import load_dataset, sample_users
+
+    ds = load_dataset("ml-100k")
+    shared = tmp_path / "shared"
+    _write_rationales(RunLayout(shared).rationales("student"), ds.user_ids[sample_users(ds, 60, seed=0)], 1.0)
+    out = tmp_path / "sample"
+    shutil.copytree(first_run[0] / "text-cache", RunLayout(out).text_cache_dir)
+    report = main([*BASE, "--seeds", "1", "--epochs", "1", "--variants", "match-step3,teacher", "--out", str(out),
+                   "--protocol", "sampled", "--rationales-from", str(shared)])
+    text = capsys.readouterr().out
+    assert {r["variant"] for r in report["results"]} == {"match-step3"}
+    assert not (out / "rationales").exists() and report["rationales_from"] == str(shared)
+    # the teacher's command writes where this run reads, for this run's sample
+    assert f"--out {shared}" in text and "--eval-users 60 --seed 0" in text
+    regenerate(out)
+    assert "rationales/student.jsonl" in (out / "report.md").read_text()  # compute table found the shared file
+
+
 # ---- pure helpers ----------------------------------------------------------------------------
 
 def test_variant_specs_and_names():
@@ -323,6 +345,9 @@ def test_missing_rationales_command_names_the_student_and_the_sample():
     assert "--users 3000 --seed 0" in games and "--adapter assets/student-games/adapter.gguf" in games
     teacher = producer_command("teacher", "ml-100k", out="runs/x")
     assert teacher.startswith("python -m slim_train teach --dataset ml-100k") and "--out runs/x" in teacher
+    # teach's --users is its permutation prefix: the evaluated sample must be asked for as --eval-users
+    sampled = producer_command("teacher", "amazon-video-games", users=500, user_seed=0)
+    assert "--eval-users 500 --seed 0" in sampled and "--users" not in sampled.replace("--eval-users", "")
     for cmd in (ml, games):  # the adapters it names ship with the repository
         assert (Path(__file__).resolve().parents[1] / cmd.split("--adapter ")[1]).is_file()
 

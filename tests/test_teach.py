@@ -23,11 +23,11 @@ def small_gguf():
         pytest.skip(str(e))
 
 
-def teach(out, gguf, *extra) -> list[dict]:
+def teach(out, gguf, *extra, users: str | None = "2") -> list[dict]:
     from slim_train.__main__ import main
 
-    main(["teach", "--dataset", "ml-100k", "--out", str(out), "--users", "2", "--splits", "valid,test",
-          "--max-tokens", "48", "--model", gguf, *extra])
+    main(["teach", "--dataset", "ml-100k", "--out", str(out), *(["--users", users] if users else []),
+          "--splits", "valid,test", "--max-tokens", "48", "--model", gguf, *extra])
     return [json.loads(line) for line in (out / "rationales" / "teacher.jsonl").read_text().splitlines()]
 
 
@@ -54,3 +54,11 @@ def test_worker_pool_and_server_write_the_same_teacher_rows(small_gguf, tmp_path
 def test_local_teacher_defaults_to_the_servers_implicit_penalty(small_gguf, tmp_path):
     rows = teach(tmp_path, small_gguf, "--workers", "1", "--users", "1", "--splits", "valid")
     assert [r["params"]["repeat_penalty"] for r in rows] == [1.1]
+
+
+def test_eval_users_is_the_sample_slim_eval_evaluates(small_gguf, tmp_path, ml100k):
+    from slim.data import sample_users
+
+    rows = teach(tmp_path, small_gguf, "--workers", "1", "--eval-users", "2", "--splits", "valid",
+                 "--max-tokens", "8", users=None)
+    assert {r["user_id"] for r in rows} == {str(ml100k.user_ids[u]) for u in sample_users(ml100k, 2, seed=0)}
