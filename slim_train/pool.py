@@ -6,8 +6,7 @@ single greedy stream, while two 1-thread processes run side by side at nearly fu
 Measured with ``python bench/teacher_engines.py --users 12`` (Qwen2.5-Coder-1.5B, ML-100K, 2 cores,
 2026-11-27): 2 workers 11.15 s/rationale aggregate vs 13.77 s for one 2-thread llama.cpp server,
 1.23x, with 11 of 12 texts identical (the 12th splits at a near-tie: the thread count changes the
-order of float sums). Batching several users into one llama.cpp decode was tried as well and gave
-nothing here: 4 sequences per step took 4x the time of one (2 cores are compute-bound).
+order of float sums).
 """
 from __future__ import annotations
 
