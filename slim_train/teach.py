@@ -91,11 +91,13 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
     """Missing rows from the chosen engine, each stored as soon as it exists."""
     if not args.base_url and not args.server:
         gguf = str(Path(args.model) if args.model else teacher_gguf_path(install=True))
-        jobs = [(int(u), s, None) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+        # missing rows, and rows an endpoint failed on earlier (status "error...": retried, the new row wins)
+        jobs = [(int(u), s, None) for u in users for s in splits
+                if (row := store.rows.get((str(ds.user_ids[u]), s))) is None or row["status"].startswith("error")]
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096):
-            store.append(row)
+            store.replace(row)
             yield row
         return
     with contextlib.ExitStack() as stack:

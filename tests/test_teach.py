@@ -62,3 +62,16 @@ def test_eval_users_is_the_sample_slim_eval_evaluates(small_gguf, tmp_path, ml10
     rows = teach(tmp_path, small_gguf, "--workers", "1", "--eval-users", "2", "--splits", "valid",
                  "--max-tokens", "8", users=None)
     assert {r["user_id"] for r in rows} == {str(ml100k.user_ids[u]) for u in sample_users(ml100k, 2, seed=0)}
+
+
+def test_rows_an_endpoint_failed_on_are_retried(small_gguf, tmp_path, ml100k):
+    from slim.rationales import RationaleStore
+    from slim_train.teach import user_order
+
+    user = int(user_order(ml100k.n_users, 1, 0)[0])  # what `teach --users 1` visits
+    store = RationaleStore(tmp_path / "rationales" / "teacher.jsonl")
+    store.append({"user_id": str(ml100k.user_ids[user]), "user_idx": user, "split": "valid", "status": "error: timeout",
+                  "rationale": "", "steps": None})
+    rows = teach(tmp_path, small_gguf, "--workers", "1", "--splits", "valid", "--max-tokens", "8", users="1")
+    assert len(rows) == 2 and rows[-1]["status"] != "error: timeout"  # appended; on load the last row wins
+    assert RationaleStore(store.path).rows[(str(ml100k.user_ids[user]), "valid")]["rationale"]
