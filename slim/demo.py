@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -44,7 +44,7 @@ import pandas as pd
 from .artifacts import student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
 from .prompts import _STEP_RE, parse_steps, prompt_hash, student_messages, teacher_messages
-from .reasoners import GenerationParams
+from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
 from .uploads import Catalogue, History, UploadError, history_from_file, history_from_text, history_from_titles
 
 PAPER_URL = "https://arxiv.org/abs/2403.04260"
@@ -406,6 +406,8 @@ class DemoService:
 
                     self._teacher = LlamaCppReasoner(teacher_gguf_path(), n_ctx=2048, n_threads=self.n_threads,
                                                      model_name="Qwen2.5-Coder-1.5B-Instruct (local)")
+                    # what `slim_train teach` decodes with, so a live answer equals the cached row
+                    self.teacher_params = replace(self.teacher_params, repeat_penalty=LLAMA_SERVER_REPEAT_PENALTY)
             return self._teacher
 
     def encoder(self):

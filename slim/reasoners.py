@@ -133,6 +133,11 @@ def _extra_body(params: GenerationParams) -> dict:
 # ---------------------------------------------------------------------------------------
 # in-process llama.cpp
 # ---------------------------------------------------------------------------------------
+# ``python -m llama_cpp.server`` applies this repeat penalty unless a request sets one, so every
+# local teacher row written through it has it; the in-process paths set it explicitly to match
+LLAMA_SERVER_REPEAT_PENALTY = 1.1
+
+
 def _penalty(params: GenerationParams) -> float:
     return 1.0 if params.repeat_penalty is None else params.repeat_penalty
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from slim.data import load_dataset, sample_users
 from slim.prompts import teacher_messages
 from slim.rationales import RationaleStore, write_rationales
-from slim.reasoners import GenerationParams, LlamaCppServer, OpenAIChatReasoner
+from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, OpenAIChatReasoner
 from slim.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
@@ -51,7 +51,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 # llama.cpp's server default, which every local teacher row written before the worker pool got
 # implicitly (their stored params do not say so); the pool sets it so that both write the same text
-LOCAL_REPEAT_PENALTY = 1.1
+LOCAL_REPEAT_PENALTY = LLAMA_SERVER_REPEAT_PENALTY
 
 
 def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
