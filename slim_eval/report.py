@@ -269,6 +269,42 @@ def improvement_table(layout: RunLayout, report: dict, metric: str = "NDCG@10", 
             + render(["backbone", "protocol", "Improv.", "95% interval", "P(not better)", "seeds"], rows, markdown))
 
 
+def gain_by_rationale_table(layout: RunLayout, report: dict, metric: str = "NDCG@10",
+                            markdown: bool = True) -> str | None:
+    """SLIM vs X+ per user group: users whose student rationale parsed into 3 steps vs the others.
+
+    Why: a rejected rationale (stopped before Step 3, unparseable, missing) is encoded from raw text
+    or zeros; this says how much of the gap such users can explain before anyone repairs them.
+    """
+    from slim.rationales import RationaleStore
+
+    path = layout.rationales("student")
+    if not path.exists():
+        return None
+    rows = RationaleStore(path).rows
+    out, total = [], 0
+    for protocol in report["protocols"]:
+        for backbone in ("sasrec", "gru4rec", "srgnn"):
+            slim, text = (per_user_gain(layout, report, backbone, v, protocol, metric) for v in ("slim", "text"))
+            if slim is None or text is None or not np.array_equal(slim[0], text[0]):
+                continue
+            ok = np.array([(r := rows.get((str(u), report["split"]))) is not None and r["status"] == "ok"
+                           for u in slim[0]])
+            total = len(ok)
+            for name, mask in (("3 steps", ok), ("rejected or missing", ~ok)):
+                if mask.any():
+                    x, y = 100 * text[1][mask].mean(), 100 * slim[1][mask].mean()
+                    gain = f"{100 * (y / x - 1):+.1f}%" if x > 0 else "n/a"
+                    out.append([BACKBONE_LABELS[backbone], PROTOCOL_TITLES[protocol], name, f"{int(mask.sum()):,}",
+                                f"{x:.2f}", f"{y:.2f}", gain])
+    if not out or all(r[2] == "3 steps" for r in out):
+        return None
+    shown = path.relative_to(layout.root) if path.is_relative_to(layout.root) else path
+    return (f"SLIM vs X+ by the state of the user's {report['split']} rationale in {shown.as_posix()} "
+            f"({metric} x100, averaged over seeds; {total:,} users)\n\n"
+            + render(["backbone", "protocol", "rationale", "users", "X+", "SLIM", "SLIM / X+ - 1"], out, markdown))
+
+
 def popularity_table(layout: RunLayout, report: dict, backbone: str = "sasrec",
                      variants: Sequence[str] = ID_BASED, markdown: bool = True) -> str | None:
     """EFD@10 / EPC@10 (paper Table 8; higher = more long-tail) from the full-ranking top-10 lists."""
@@ -478,6 +514,9 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     gains = improvement_table(layout, report)
     if gains:
         parts.append(gains)
+    by_state = gain_by_rationale_table(layout, report)
+    if by_state:
+        parts.append(by_state)
     pop = popularity_table(layout, report)
     if pop:
         parts.append(pop)

@@ -378,3 +378,25 @@ def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
         save_npz(layout.eval_file("test", run_name("sasrec", "slim", seed), "sampled"), {}, ranks=ranks["text"],
                  user_ids=users)
     assert improvement_interval(layout, report, "sasrec", "sampled")["p_not_better"] == 1.0
+
+
+def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
+    """Users whose student rationale was rejected are measured apart: how much of the gap they explain."""
+    from slim.rationales import RationaleStore
+    from slim_eval.report import gain_by_rationale_table
+
+    layout, users = RunLayout(tmp_path), np.arange(10).astype(str)
+    ranks = {"text": np.full(10, 5), "slim": np.array([1] * 8 + [50] * 2)}  # SLIM fails on users 8-9
+    results = []
+    for v, r in ranks.items():
+        save_npz(layout.eval_file("test", run_name("sasrec", v, 0), "sampled"), {}, ranks=r, user_ids=users)
+        results.append({"backbone": "sasrec", "variant": v, "protocol": "sampled", "seeds": [0],
+                        "metrics": {"NDCG@10": {"mean": 0.0, "std": 0.0}}})
+    report = {"dataset": "t", "split": "test", "protocols": ["sampled"], "results": results}
+    store = RationaleStore(layout.rationales("student"))
+    for u in users[:9]:  # user 9 has no row; user 8's row was rejected
+        store.append({"user_id": u, "split": "test", "status": "ok" if u != "8" else "rejected: missing Step 3"})
+    table = gain_by_rationale_table(layout, report)
+    assert "| SASRec | 100 sampled negatives | 3 steps | 8 | 38.69 | 100.00 | +158.5% |" in table
+    assert "| SASRec | 100 sampled negatives | rejected or missing | 2 | 38.69 | 0.00 | -100.0% |" in table
+    assert "rationales/student.jsonl" in table
