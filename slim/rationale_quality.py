@@ -16,7 +16,11 @@ the chain inspectable on its own:
   The share falls as rows grow (more users, more coincidences): compare files on the same users;
 * against a reference (student vs teacher on the same users): ROUGE-L F1 (``rouge-score``; the
   ``evaluate`` metric loaders need the Hub, so the library is used directly), corpus BLEU
-  (``sacrebleu``) and the cosine of MiniLM embeddings.
+  (``sacrebleu``) and the cosine of MiniLM embeddings;
+* zero-shot ranking, for both files on those same users: the held-out target among the user's 100
+  sampled negatives, scored by the cosine of the rationale's vector and each item's text vector,
+  nothing trained (NDCG@10, ties against the target). Which rationale points at the next item
+  better, teacher or student, without a model in between.
 """
 from __future__ import annotations
 
@@ -144,21 +148,48 @@ def agreement(candidates: list[str], references: list[str], encoder=None) -> dic
     return out
 
 
+def zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], encoder, item_vectors: np.ndarray,
+                   negatives: np.ndarray, k: int = 10) -> float | None:
+    """Mean NDCG@k of the target among [target, *negatives[u]] by cosine(rationale, item text)."""
+    from .metrics import user_metric
+    from .rationales import rationale_text
+
+    index = {str(u): i for i, u in enumerate(dataset.user_ids)}  # ids, not user_idx: samples re-index
+    texts = [(index[str(r["user_id"])], r["split"], t) for r in rows if (t := rationale_text(r))]
+    if not texts:
+        return None
+    vecs = np.asarray(encoder.encode([t for _, _, t in texts]))
+    ranks = []
+    for (u, split, _), v in zip(texts, vecs):
+        target = dataset.target(u, split)
+        scores = item_vectors[np.concatenate([[target], negatives[u]])] @ v
+        ranks.append(1 + int(np.sum(scores[1:] >= scores[0])))  # ties count against the target
+    return float(np.mean(user_metric(np.array(ranks), f"NDCG@{k}")))
+
+
 def quality_report(dataset: SequentialDataset, path: str | Path, reference_path: str | Path | None = None,
-                   encoder=None, exclude_users: set[str] | None = None) -> dict:
+                   encoder=None, exclude_users: set[str] | None = None, item_vectors: np.ndarray | None = None,
+                   negatives: np.ndarray | None = None) -> dict:
     """Quality of one rationale file; with a reference file, agreement on the users both have.
 
     ``exclude_users``: user ids left out of the agreement (e.g. the users the student was
-    distilled on, so agreement is measured on held-out users only).
+    distilled on, so agreement is measured on held-out users only). With ``item_vectors`` and
+    ``negatives`` (and an encoder) both files are also ranked zero-shot on those same rows.
     """
     rows = load_rows(path)
     report = {"file": str(path), **intrinsic_quality(dataset, rows)}
     if reference_path and Path(reference_path).exists() and Path(reference_path) != Path(path):
         refs = {(str(r["user_id"]), r["split"]): r for r in load_rows(reference_path) if r.get("status") == "ok"}
-        pairs = [(r["rationale"], refs[k]["rationale"]) for r in rows
-                 if r.get("status") == "ok" and (k := (str(r["user_id"]), r["split"])) in refs
-                 and str(r["user_id"]) not in (exclude_users or set())]
-        if pairs:
+        both = [(r, refs[k]) for r in rows
+                if r.get("status") == "ok" and (k := (str(r["user_id"]), r["split"])) in refs
+                and str(r["user_id"]) not in (exclude_users or set())]
+        if both:
             report["vs_reference"] = {"reference": str(reference_path),
-                                      **agreement([p[0] for p in pairs], [p[1] for p in pairs], encoder)}
+                                      **agreement([a["rationale"] for a, _ in both], [b["rationale"] for _, b in both],
+                                                  encoder)}
+            if encoder is not None and item_vectors is not None and negatives is not None:
+                report["vs_reference"]["zero_shot_ndcg10"] = zero_shot_ndcg(
+                    dataset, [a for a, _ in both], encoder, item_vectors, negatives)
+                report["vs_reference"]["reference_zero_shot_ndcg10"] = zero_shot_ndcg(
+                    dataset, [b for _, b in both], encoder, item_vectors, negatives)
     return report

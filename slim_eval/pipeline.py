@@ -200,12 +200,16 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
     from slim.encoders import TextEncoder
 
     encoder = TextEncoder(cache_dir=layout.text_cache_dir)  # MiniLM cosine of student vs teacher text
+    # zero-shot ranking of teacher vs student rationales: the report's own item vectors and negatives
+    items = inputs.item_text(dataset, encoder)
+    negatives = sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None
         # agreement with the teacher only on users the student was NOT distilled on
         out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref,
-                                                          exclude_users=trained_on, encoder=encoder)
+                                                          exclude_users=trained_on, encoder=encoder,
+                                                          item_vectors=items, negatives=negatives)
     flat = {name: _flatten(rep) for name, rep in out.items()}
     cols = sorted({c for f in flat.values() for c in f})
     cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731

@@ -66,3 +66,23 @@ def test_quality_report_pairs_users_and_excludes_training_users(ml100k, tmp_path
     rep = quality_report(ml100k, tmp_path / "student.jsonl", tmp_path / "teacher.jsonl",
                          exclude_users={str(ml100k.user_ids[0])})
     assert rep["vs_reference"]["pairs"] == 3 and rep["format_compliance"] == 1.0
+
+
+def test_zero_shot_ranking_rewards_a_rationale_that_names_the_target(ml100k, tmp_path):
+    """Real MiniLM and real negatives: naming the held-out item beats an off-topic text, with no training."""
+    from slim.encoders import TextEncoder, item_text_matrix
+    from slim.metrics import sampled_negatives
+    from slim.rationale_quality import zero_shot_ndcg
+
+    enc = TextEncoder(cache_dir=tmp_path)
+    items, negatives = item_text_matrix(ml100k, enc), sampled_negatives(ml100k, 100, 0, cache_dir=tmp_path)
+    users = range(30)
+
+    def rows(text_for) -> list[dict]:
+        return [{"user_id": str(ml100k.user_ids[u]), "split": "test", "status": "ok",
+                 "steps": ["s1", "s2", text_for(u)]} for u in users]
+
+    named = zero_shot_ndcg(ml100k, rows(lambda u: ml100k.titles([ml100k.target(u, "test")])[0]), enc, items, negatives)
+    off_topic = zero_shot_ndcg(ml100k, rows(lambda u: "kitchen sink plumbing supplies"), enc, items, negatives)
+    assert named > 0.6 and named > off_topic + 0.3
+    assert zero_shot_ndcg(ml100k, [], enc, items, negatives) is None

@@ -316,7 +316,10 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
     assert "format_compliance" in text and "vs_reference.rougeL_f1" in text
     saved = read_json(lay.rationale_quality)
     assert set(saved["files"]) == {"teacher", "student"}
-    assert saved["files"]["student"]["vs_reference"]["pairs"] == 20  # 10 users x 2 splits
+    vs = saved["files"]["student"]["vs_reference"]
+    assert vs["pairs"] == 20  # 10 users x 2 splits
+    # identical texts on the same users rank identically zero-shot
+    assert 0 <= vs["zero_shot_ndcg10"] <= 1 and vs["zero_shot_ndcg10"] == pytest.approx(vs["reference_zero_shot_ndcg10"])
     assert not (lay.root / "checkpoints").exists()
 
 
