@@ -5,8 +5,11 @@ By default the teacher is Qwen2.5-Coder-1.5B-Instruct (GGUF, from PyPI part pack
 cores: see slim_train/pool.py); ``--server`` runs it behind a local OpenAI-compatible llama.cpp server
 instead, and ``--base-url``/``--model`` point the same code at vLLM, Ollama or OpenAI (key from
 OPENAI_API_KEY). The local paths decode greedily with the same chat template and repeat penalty, so
-they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py). Users are visited in the order of a seeded permutation, so a run
-stopped early is still a uniform sample and ``--users`` can grow later without redoing work.
+they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py).
+
+Users are visited in the order of a seeded permutation, so a run stopped early is still a uniform
+sample and ``--users`` can grow later without redoing work; ``--eval-users N`` instead writes the
+sample ``slim_eval --users N`` evaluates (a `teacher` variant needs exactly those users).
 """
 from __future__ import annotations
 
@@ -31,6 +34,11 @@ from .common import add_common, run_dir
 from .pool import pool_rows
 
 
+# llama.cpp's server default, which every local teacher row written before the worker pool got
+# implicitly (their stored params do not say so); the pool sets it so that both write the same text
+LOCAL_REPEAT_PENALTY = LLAMA_SERVER_REPEAT_PENALTY
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--eval-users", type=int, default=None,
@@ -38,7 +46,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "--users' permutation prefix: what a `teacher` variant on a user sample needs")
     p.add_argument("--splits", default="valid", help="valid (train prefix; what distillation uses) and/or test")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; default: local llama.cpp teacher")
-    p.add_argument("--model", default=None, help="model name at the endpoint, or a GGUF path for the local server")
+    p.add_argument("--model", default=None, help="model name at the endpoint, or a GGUF path for the local teacher")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=320)
     p.add_argument("--workers", type=int, default=2, help="local teacher: llama.cpp processes (1 thread each)")
@@ -47,11 +55,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-penalty", type=float, default=None,
                    help=f"default: {LOCAL_REPEAT_PENALTY} for the local teacher, the endpoint's own with --base-url")
     p.add_argument("--name", default="teacher", help="output file rationales/<name>.jsonl")
-
-
-# llama.cpp's server default, which every local teacher row written before the worker pool got
-# implicitly (their stored params do not say so); the pool sets it so that both write the same text
-LOCAL_REPEAT_PENALTY = LLAMA_SERVER_REPEAT_PENALTY
 
 
 def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
