@@ -81,8 +81,18 @@ class RunLayout:
 
     # ---- producers' outputs ------------------------------------------------------------
     @property
+    def producers_root(self) -> Path:
+        """Where the rationales and the student that wrote them live (``rationales_from`` or this run)."""
+        return self.rationales_from or self.root
+
+    @property
     def rationales_dir(self) -> Path:
-        return (self.rationales_from or self.root) / "rationales"
+        return self.producers_root / "rationales"
+
+    @property
+    def distill_metrics(self) -> Path:
+        """The distilled student's metrics.json (its training users): next to the rationales it wrote."""
+        return self.producers_root / "distill" / "adapter" / "metrics.json"
 
     def rationales(self, name: str) -> Path:
         """``teacher`` / ``student`` (or any other reasoner name) -> its JSONL."""

@@ -20,7 +20,9 @@ the chain inspectable on its own:
 * zero-shot ranking, for both files on those same users: the held-out target among the user's 100
   sampled negatives, scored by the cosine of the rationale's vector and each item's text vector,
   nothing trained (NDCG@10, ties against the target). Which rationale points at the next item
-  better, teacher or student, without a model in between.
+  better, teacher or student, without a model in between. Like the agreement measures it covers
+  only rows where both files have an ok row: a student's rejected rows (zeros inside SLIM) are not
+  in it, and format compliance above says how many those are.
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     """
     import json
 
-    path = layout.root / "distill" / "adapter" / "metrics.json"
+    path = layout.distill_metrics
     if not path.exists():
         return set()
     m = json.loads(path.read_text())
@@ -200,9 +200,15 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
     from slim.encoders import TextEncoder
 
     encoder = TextEncoder(cache_dir=layout.text_cache_dir)  # MiniLM cosine of student vs teacher text
-    # zero-shot ranking of teacher vs student rationales: the report's own item vectors and negatives
-    items = inputs.item_text(dataset, encoder)
-    negatives = sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
+    # zero-shot ranking of student vs teacher rationales needs a teacher file to compare with, the
+    # report's item vectors and its sampled negatives (which a tiny custom catalogue may not allow)
+    items = negatives = None
+    if teacher.exists() and len(files) > 1:
+        try:
+            negatives = sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
+            items = inputs.item_text(dataset, encoder)
+        except ValueError as e:
+            print(f"rationale quality: no zero-shot ranking ({e})")
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None

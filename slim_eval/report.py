@@ -458,7 +458,7 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
         models = sorted({str(r.get("model")) for r in file_rows})
         rows.append({"stage": f"rationales/{path.name}", "units": len(file_rows), "seconds": float(sum(secs)),
                      "paid": paid, "per_unit": float(np.median(secs)) if secs else None, "what": ", ".join(models)})
-    distill = read_json(layout.root / "distill" / "adapter" / "metrics.json")
+    distill = read_json(layout.distill_metrics)
     if distill:
         secs, steps = distill.get("train_seconds"), distill.get("steps")
         if secs is not None:

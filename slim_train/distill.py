@@ -130,9 +130,15 @@ def _row_digest(row: dict) -> str:
 
 
 def select_rows(rows: list[dict], n: int | None, state: dict | None) -> list[dict]:
-    """ok rows in teacher-file order (= the teacher's seeded user order), first ``n``; on resume the
-    exact rows of the checkpoint, so a teacher file that grew meanwhile does not change the run."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    """ok ``valid`` rows in teacher-file order, first ``n``; on resume the exact rows of the checkpoint,
+    so a teacher file that grew meanwhile does not change the run.
+
+    File order is the teacher's seeded user order for ``teach --users`` (up to the order two pool
+    workers finish in); rows of ``teach --eval-users`` follow. Only ``valid`` rows (written from the
+    train prefix) are distillation data: the same file also holds the ``test`` rows of the `teacher`
+    variant, and one user must map to one row here.
+    """
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("split", "valid") == "valid"]
     if state is None:
         return ok[:n] if n else ok
     by_user = {str(r["user_id"]): r for r in ok}

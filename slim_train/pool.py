@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from slim.data import load_dataset
@@ -27,12 +28,17 @@ _WORKER: dict = {}
 
 def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | None, prompt: str,
                  role: str, model_name: str | None, n_ctx: int) -> None:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    from slim.reasoners import LlamaCppReasoner
+    # an initializer that raises makes multiprocessing.Pool restart the worker forever and the caller
+    # wait forever: keep the error and raise it from the first job instead
+    try:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        from slim.reasoners import LlamaCppReasoner
 
-    _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=n_ctx, model_name=model_name)
-    _WORKER["ds"] = load_dataset(dataset, data_dir)
-    _WORKER["prompt"], _WORKER["role"] = PROMPTS[prompt], role
+        _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=n_ctx, model_name=model_name)
+        _WORKER["ds"] = load_dataset(dataset, data_dir)
+        _WORKER["prompt"], _WORKER["role"] = PROMPTS[prompt], role
+    except Exception as e:  # noqa: BLE001 - re-raised in _work with its message
+        _WORKER["error"] = f"{type(e).__name__}: {e}"
 
 
 def stored_generation(row: dict) -> Generation:
@@ -43,6 +49,8 @@ def stored_generation(row: dict) -> Generation:
 
 def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
     """One row; ``old``: a row that stopped before Step 3, continued instead of regenerated."""
+    if "error" in _WORKER:
+        raise RuntimeError(f"llama.cpp worker could not start: {_WORKER['error']}")
     user, split, params, finish, old = job
     ds, reasoner = _WORKER["ds"], _WORKER["reasoner"]
     messages = prompt_for(ds, user, split, _WORKER["prompt"])
@@ -58,6 +66,9 @@ def pool_rows(jobs: Iterable[tuple[int, str, dict | None]], *, model: str, adapt
     """Rows for (user, split, old_row_or_None) jobs, in completion order; the caller stores them."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"{model}: no such GGUF file (a local llama.cpp model path is needed here; "
+                                "an endpoint's model name goes with --base-url)")
     work = [(u, s, params.as_dict(), finish, old) for u, s, old in jobs]
     ctx = mp.get_context("spawn")
     init = (model, adapter, dataset, data_dir, prompt, role, model_name, n_ctx)

@@ -66,18 +66,20 @@ def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
 def main(args: argparse.Namespace) -> None:
     # SIGTERM unwinds like Ctrl-C, so the local llama.cpp server is stopped instead of orphaned
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.eval_users is not None and args.users is not None:
+        raise SystemExit("teach: give --users (a permutation prefix) or --eval-users (slim_eval's sample), not both")
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
-    if args.eval_users is not None and args.users is not None:
-        raise SystemExit("teach: give --users (a permutation prefix) or --eval-users (slim_eval's sample), not both")
     users = (sample_users(ds, args.eval_users, args.seed) if args.eval_users is not None
              else user_order(ds.n_users, args.users, args.seed))
     splits = [s.strip() for s in args.splits.split(",")]
     penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LOCAL_REPEAT_PENALTY
     params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=penalty)
     total = len(users) * len(splits)
-    bar = tqdm(total=total, initial=sum((str(ds.user_ids[u]), s) in store for u in users for s in splits),
+    done = sum((r := store.rows.get((str(ds.user_ids[u]), s))) is not None and not r["status"].startswith("error")
+               for u in users for s in splits)  # error rows are retried: not done
+    bar = tqdm(total=total, initial=done,
                desc=f"teach {ds.name}", unit="rationale")
     t0, n_ok, n = time.time(), 0, 0
     for row in _rows(args, ds, out, users, splits, store, params):

@@ -236,8 +236,9 @@ def test_a_second_sample_reads_another_runs_rationales(first_run, tmp_path, caps
     assert not (out / "rationales").exists() and report["rationales_from"] == str(shared)
     # the teacher's command writes where this run reads, for this run's sample
     assert f"--out {shared}" in text and "--eval-users 60 --seed 0" in text
-    regenerate(out)
-    assert "rationales/student.jsonl" in (out / "report.md").read_text()  # compute table found the shared file
+    md = regenerate(out)
+    # the compute table counts the shared file's 120 rows (60 users x 2 splits); notes would not show that
+    assert "| rationales/student.jsonl | 120 |" in md
 
 
 # ---- pure helpers ----------------------------------------------------------------------------

@@ -75,3 +75,26 @@ def test_rows_an_endpoint_failed_on_are_retried(small_gguf, tmp_path, ml100k):
     rows = teach(tmp_path, small_gguf, "--workers", "1", "--splits", "valid", "--max-tokens", "8", users="1")
     assert len(rows) == 2 and rows[-1]["status"] != "error: timeout"  # appended; on load the last row wins
     assert RationaleStore(store.path).rows[(str(ml100k.user_ids[user]), "valid")]["rationale"]
+
+
+def test_a_worker_that_cannot_load_its_model_fails_the_run_instead_of_hanging(tmp_path):
+    from slim_train.pool import pool_rows
+
+    params = GenerationParams(max_tokens=4)
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        next(pool_rows([(0, "valid", None)], model="gpt-4o-mini", adapter=None, dataset="ml-100k", data_dir=None,
+                       prompt="teacher", role="teacher", params=params, workers=1))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    with pytest.raises(RuntimeError, match="llama.cpp worker could not start"):
+        list(pool_rows([(0, "valid", None)], model=str(broken), adapter=None, dataset="ml-100k", data_dir=None,
+                       prompt="teacher", role="teacher", params=params, workers=1))
+
+
+def test_distillation_reads_only_train_prefix_rows():
+    """A teacher file with both splits (the `teacher` variant's) must give one valid row per user."""
+    from slim_train.distill import select_rows
+
+    rows = [{"user_id": u, "split": s, "status": "ok"} for u in ("1", "2") for s in ("valid", "test")]
+    assert [(r["user_id"], r["split"]) for r in select_rows(rows, None, None)] == [("1", "valid"), ("2", "valid")]
+    assert len(select_rows(rows, 1, None)) == 1
