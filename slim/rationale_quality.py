@@ -22,7 +22,10 @@ the chain inspectable on its own:
   nothing trained (NDCG@10, ties against the target). Which rationale points at the next item
   better, teacher or student, without a model in between. Like the agreement measures it covers
   only rows where both files have an ok row: a student's rejected rows (zeros inside SLIM) are not
-  in it, and format compliance above says how many those are.
+  in it, and format compliance above says how many those are;
+* zero-shot ranking of a whole file, beside the same ranking by the user's own history (the mean
+  text vector of the last 5 items the rationale was written from): does the rationale point at the
+  next item better than the titles it read? This is the headroom SLIM has over X+ (item text).
 """
 from __future__ import annotations
 
@@ -169,6 +172,25 @@ def zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], encoder, item_v
     return float(np.mean(user_metric(np.array(ranks), f"NDCG@{k}")))
 
 
+def history_zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], item_vectors: np.ndarray,
+                           negatives: np.ndarray, last: int = 5, k: int = 10) -> float | None:
+    """:func:`zero_shot_ndcg` with the mean text vector of the last ``last`` history items in place of
+    the rationale, on the same (user, split) rows: the no-LM baseline a rationale has to beat."""
+    from .metrics import user_metric
+    from .rationales import rationale_text
+
+    index = {str(u): i for i, u in enumerate(dataset.user_ids)}
+    ranks = []
+    for r in rows:
+        if not rationale_text(r):
+            continue
+        u = index[str(r["user_id"])]
+        user = item_vectors[dataset.history(u, r["split"])[-last:]].mean(axis=0)
+        scores = item_vectors[np.concatenate([[dataset.target(u, r["split"])], negatives[u]])] @ user
+        ranks.append(1 + int(np.sum(scores[1:] >= scores[0])))
+    return float(np.mean(user_metric(np.array(ranks), f"NDCG@{k}"))) if ranks else None
+
+
 def quality_report(dataset: SequentialDataset, path: str | Path, reference_path: str | Path | None = None,
                    encoder=None, exclude_users: set[str] | None = None, item_vectors: np.ndarray | None = None,
                    negatives: np.ndarray | None = None) -> dict:
@@ -180,6 +202,9 @@ def quality_report(dataset: SequentialDataset, path: str | Path, reference_path:
     """
     rows = load_rows(path)
     report = {"file": str(path), **intrinsic_quality(dataset, rows)}
+    if encoder is not None and item_vectors is not None and negatives is not None:
+        report["zero_shot_ndcg10"] = zero_shot_ndcg(dataset, rows, encoder, item_vectors, negatives)
+        report["history_zero_shot_ndcg10"] = history_zero_shot_ndcg(dataset, rows, item_vectors, negatives)
     if reference_path and Path(reference_path).exists() and Path(reference_path) != Path(path):
         refs = {(str(r["user_id"]), r["split"]): r for r in load_rows(reference_path) if r.get("status") == "ok"}
         both = [(r, refs[k]) for r in rows

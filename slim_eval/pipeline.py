@@ -200,15 +200,14 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
     from slim.encoders import TextEncoder
 
     encoder = TextEncoder(cache_dir=layout.text_cache_dir)  # MiniLM cosine of student vs teacher text
-    # zero-shot ranking of student vs teacher rationales needs a teacher file to compare with, the
-    # report's item vectors and its sampled negatives (which a tiny custom catalogue may not allow)
+    # zero-shot ranking needs the report's item vectors and its sampled negatives (which a tiny
+    # custom catalogue may not allow: then the other measures are still reported)
     items = negatives = None
-    if teacher.exists() and len(files) > 1:
-        try:
-            negatives = sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
-            items = inputs.item_text(dataset, encoder)
-        except ValueError as e:
-            print(f"rationale quality: no zero-shot ranking ({e})")
+    try:
+        negatives = sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
+        items = inputs.item_text(dataset, encoder)
+    except ValueError as e:
+        print(f"rationale quality: no zero-shot ranking ({e})")
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None

@@ -86,3 +86,23 @@ def test_zero_shot_ranking_rewards_a_rationale_that_names_the_target(ml100k, tmp
     off_topic = zero_shot_ndcg(ml100k, rows(lambda u: "kitchen sink plumbing supplies"), enc, items, negatives)
     assert named > 0.6 and named > off_topic + 0.3
     assert zero_shot_ndcg(ml100k, [], enc, items, negatives) is None
+
+
+def test_history_baseline_ranks_the_same_rows_from_the_titles_the_rationale_read(ml100k, tmp_path):
+    from slim.encoders import TextEncoder, item_text_matrix
+    from slim.metrics import sampled_negatives
+    from slim.rationale_quality import history_zero_shot_ndcg, quality_report
+
+    enc = TextEncoder(cache_dir=tmp_path)
+    items, negatives = item_text_matrix(ml100k, enc), sampled_negatives(ml100k, 100, 0, cache_dir=tmp_path)
+    rows = [{"user_id": str(ml100k.user_ids[u]), "split": "test", "status": "ok", "rationale": "x",
+             "steps": ["a", "b", ml100k.titles([ml100k.target(u, "test")])[0]]} for u in range(30)]
+    base = history_zero_shot_ndcg(ml100k, rows, items, negatives)
+    assert 0 <= base <= 1
+    rejected = [{**r, "status": "rejected: missing Step 3"} for r in rows]
+    assert history_zero_shot_ndcg(ml100k, rejected, items, negatives) is None  # same rows as the rationale side
+    path = tmp_path / "student.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = quality_report(ml100k, path, encoder=enc, item_vectors=items, negatives=negatives)
+    assert rep["history_zero_shot_ndcg10"] == pytest.approx(base)
+    assert rep["zero_shot_ndcg10"] > base  # a rationale naming the target beats the history's titles
