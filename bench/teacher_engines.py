@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slim.data import load_dataset  # noqa: E402
 from slim.prompts import teacher_messages  # noqa: E402
 from slim.rationales import prompt_for  # noqa: E402
-from slim.reasoners import GenerationParams, LlamaCppReasoner, LlamaCppServer, OpenAIChatReasoner  # noqa: E402
+from slim.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,  # noqa: E402
+                            LlamaCppServer, OpenAIChatReasoner)
 from slim.weights import TEACHER_NAME, teacher_gguf_path  # noqa: E402
 from slim_train.pool import pool_rows  # noqa: E402
-from slim_train.teach import LOCAL_REPEAT_PENALTY  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = load_dataset(args.dataset)
     gguf = str(teacher_gguf_path())
-    params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=LOCAL_REPEAT_PENALTY)
+    params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=LLAMA_SERVER_REPEAT_PENALTY)
     users = list(range(args.users))
     prompts = [prompt_for(ds, u, "valid", teacher_messages) for u in users]
     texts, secs = {}, {}
@@ -68,7 +68,7 @@ def main() -> None:
     secs["one-process"] = (time.perf_counter() - t0) / len(prompts)
 
     print(f"{args.users} users of {ds.name}, valid prompts, max_tokens {args.max_tokens}, greedy, "
-          f"repeat_penalty {LOCAL_REPEAT_PENALTY}")
+          f"repeat_penalty {LLAMA_SERVER_REPEAT_PENALTY}")
     for name in secs:
         same = sum(a == b for a, b in zip(texts[name], texts["server"]))
         print(f"  {name:12s} {secs[name]:6.2f} s/rationale (aggregate)   same text as server: {same}/{len(users)}")

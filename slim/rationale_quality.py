@@ -153,42 +153,52 @@ def agreement(candidates: list[str], references: list[str], encoder=None) -> dic
     return out
 
 
-def zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], encoder, item_vectors: np.ndarray,
-                   negatives: np.ndarray, k: int = 10) -> float | None:
-    """Mean NDCG@k of the target among [target, *negatives[u]] by cosine(rationale, item text)."""
-    from .metrics import user_metric
+def _zero_shot(dataset: SequentialDataset, rows: list[dict], user_vector, item_vectors: np.ndarray,
+               negatives: np.ndarray, k: int) -> float | None:
+    """Mean NDCG@k of the rows' targets among their sampled negatives, each (user, split) scored by
+    ``user_vector(rows)`` . item text; :func:`slim.metrics.compute_ranks` ranks them, as every report does."""
+    import torch
+
+    from .metrics import compute_ranks, user_metric
     from .rationales import rationale_text
 
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}  # ids, not user_idx: samples re-index
-    texts = [(index[str(r["user_id"])], r["split"], t) for r in rows if (t := rationale_text(r))]
-    if not texts:
+    rows = [r for r in rows if rationale_text(r)]
+    if not rows:
         return None
-    vecs = np.asarray(encoder.encode([t for _, _, t in texts]))
+    vectors = torch.as_tensor(np.asarray(user_vector(rows)))
+    items = torch.as_tensor(item_vectors)
     ranks = []
-    for (u, split, _), v in zip(texts, vecs):
-        target = dataset.target(u, split)
-        scores = item_vectors[np.concatenate([[target], negatives[u]])] @ v
-        ranks.append(1 + int(np.sum(scores[1:] >= scores[0])))  # ties count against the target
-    return float(np.mean(user_metric(np.array(ranks), f"NDCG@{k}")))
+    for split in ("valid", "test"):
+        keep = [i for i, r in enumerate(rows) if r["split"] == split]
+        if keep:
+            users = np.array([index[str(rows[i]["user_id"])] for i in keep])
+            position = {int(u): i for u, i in zip(users, keep)}
+            score = lambda batch, _split: vectors[[position[int(u)] for u in batch]] @ items.T  # noqa: E731
+            ranks.append(compute_ranks(score, dataset, split, "sampled", users=users, negatives=negatives))
+    return float(np.mean(user_metric(np.concatenate(ranks), f"NDCG@{k}")))
+
+
+def zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], encoder, item_vectors: np.ndarray,
+                   negatives: np.ndarray, k: int = 10) -> float | None:
+    """Mean NDCG@k of the target among [target, *negatives[u]] by cosine(rationale, item text)."""
+    from .rationales import rationale_text
+
+    return _zero_shot(dataset, rows, lambda ok: encoder.encode([rationale_text(r) for r in ok]),
+                      item_vectors, negatives, k)
 
 
 def history_zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], item_vectors: np.ndarray,
                            negatives: np.ndarray, last: int = 5, k: int = 10) -> float | None:
     """:func:`zero_shot_ndcg` with the mean text vector of the last ``last`` history items in place of
     the rationale, on the same (user, split) rows: the no-LM baseline a rationale has to beat."""
-    from .metrics import user_metric
-    from .rationales import rationale_text
-
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}
-    ranks = []
-    for r in rows:
-        if not rationale_text(r):
-            continue
-        u = index[str(r["user_id"])]
-        user = item_vectors[dataset.history(u, r["split"])[-last:]].mean(axis=0)
-        scores = item_vectors[np.concatenate([[dataset.target(u, r["split"])], negatives[u]])] @ user
-        ranks.append(1 + int(np.sum(scores[1:] >= scores[0])))
-    return float(np.mean(user_metric(np.array(ranks), f"NDCG@{k}"))) if ranks else None
+
+    def history_vectors(ok: list[dict]) -> np.ndarray:
+        return np.stack([item_vectors[dataset.history(index[str(r["user_id"])], r["split"])[-last:]].mean(axis=0)
+                         for r in ok])
+
+    return _zero_shot(dataset, rows, history_vectors, item_vectors, negatives, k)
 
 
 def quality_report(dataset: SequentialDataset, path: str | Path, reference_path: str | Path | None = None,

@@ -53,6 +53,11 @@ class RationaleStore:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.rows
 
+    def done(self, key: tuple[str, str]) -> bool:
+        """A row exists and is not an endpoint error (those are retried)."""
+        row = self.rows.get(key)
+        return row is not None and not row["status"].startswith("error")
+
     def __len__(self) -> int:
         return len(self.rows)
 

