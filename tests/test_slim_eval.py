@@ -16,7 +16,8 @@ import pytest
 from slim.artifacts import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
-from slim_eval.report import (combined_table1, compute_rows, improvement, regenerate, sparsity_groups, table1,
+from slim_eval.report import (REPORT_METRICS, combined_table1, compute_rows, improvement, regenerate,
+                              slim_vs_teacher_cells, slim_vs_teacher_table, sparsity_groups, table1,
                               table2)
 from slim_eval.variants import producer_command, run_name, spec
 
@@ -278,6 +279,26 @@ def test_improvement_is_slim_over_best_baseline():
     clean = {**report, "results": [*report["results"], row("slim-clean", 0.3021)]}  # 0.3021 / 0.2746 - 1 = +10.01%
     assert improvement(clean, "sasrec", "sampled", "NDCG@10", "slim-clean") == pytest.approx(0.1001, abs=5e-4)
     assert "Improv. of the post-filtered SLIM (%) | +10.01" in table1(clean, "sampled")
+
+
+def test_slim_vs_teacher_counts_cells_as_the_paper_does(capsys):
+    # paper Table 1, SASRec on Games: SLIM- (ChatGPT rationale) vs SLIM; SLIM is higher on HR@10, HR@20, not NDCG@10
+    paper = {"teacher": {"HR@10": 0.5083, "HR@20": 0.6345, "NDCG@10": 0.3158},
+             "slim": {"HR@10": 0.5111, "HR@20": 0.6410, "NDCG@10": 0.3143}}
+    rows = [{"backbone": "sasrec", "variant": v, "protocol": "sampled", "seeds": [0], "best_epoch": [1],
+             "metrics": {k: {"mean": paper[v][k], "std": 0.0} for k in REPORT_METRICS}} for v in paper]
+    report = {"dataset": "d", "split": "test", "protocols": ["sampled"], "user_sample": None, "results": rows}
+    cells = slim_vs_teacher_cells(report, "sampled")
+    assert [(c["metric"], c["slim_wins"]) for c in cells] == [("HR@10", True), ("HR@20", True), ("NDCG@10", False)]
+    table = slim_vs_teacher_table(report, "sampled")
+    assert "SLIM is higher in 2 of 3 cells" in table and "| SASRec | NDCG@10 | 31.58 | 31.43 | -0.5% | teacher |" in table
+    assert slim_vs_teacher_table({**report, "results": rows[1:]}, "sampled") is None  # no teacher row, no table
+    from slim_eval.__main__ import print_teacher_cells
+
+    other = {**report, "dataset": "e", "results": [{**r, "backbone": "gru4rec"} for r in rows]}
+    print_teacher_cells([report, other, {**report, "dataset": "f", "results": rows[1:]}])
+    out = capsys.readouterr().out
+    assert "100 sampled negatives: 4 of 6 cells (d, e; paper: 22 of 27, sampled)" in out and "full" not in out
 
 
 def test_provenance_records_round_trip(tmp_path):
