@@ -81,8 +81,10 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
              ) -> tuple[list[SeedResult], list[str]]:
     """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes.
 
-    ``on_model(results_so_far, notes)`` runs after each model, so a long grid keeps its report
-    current (a run stopped after hours still leaves a table of what finished).
+    ``on_model(results_so_far, notes)`` runs after each model that measured something new, so a
+    long grid keeps its report current (a run stopped after hours still leaves a table of what
+    finished). A model whose every measurement was reused skips it: rebuilding report.md (bootstrap,
+    plots) after each of the 105 reused ML-100K models dominated a pure regeneration (bench/regenerate_reports.py).
     """
     from slim.recommenders.train import FitConfig, fit
 
@@ -142,7 +144,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)
-        if on_model is not None:
+        if on_model is not None and not all(r.reused for r in results[-len(protocols):]):
             on_model(results, notes)
     return results, notes
 

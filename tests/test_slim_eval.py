@@ -117,16 +117,22 @@ def test_default_variants_are_whatever_exists(first_run, capsys):
     assert "python -m slim_train reason --dataset ml-100k" in text
 
 
-def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys):
+def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys, monkeypatch):
+    import slim_eval.__main__ as entry
+
     out, report, first_seconds = first_run
     before = checkpoint_state(out)
     assert len(before) == 4  # id + text, 2 seeds
+    written = []  # report.md renders; a fully reused model must not trigger one (only the final write)
+    render_md = entry.markdown
+    monkeypatch.setattr(entry, "markdown", lambda *a, **k: written.append(1) or render_md(*a, **k))
     t0 = time.perf_counter()
     again = main([*BASE, "--variants", "id,text", "--out", str(out), "--split", "test"])
     seconds = time.perf_counter() - t0
     assert checkpoint_state(out) == before  # nothing retrained
     assert again["results"] == report["results"]  # identical numbers
     assert capsys.readouterr().out.count("(reused)") == 8  # 4 models x 2 protocols
+    assert len(written) == 1 and "wall time of this invocation" in (out / "report.md").read_text()
     assert seconds < first_seconds
 
 
