@@ -81,10 +81,11 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
              ) -> tuple[list[SeedResult], list[str]]:
     """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes.
 
-    ``on_model(results_so_far, notes)`` runs after each model that measured something new, so a
-    long grid keeps its report current (a run stopped after hours still leaves a table of what
-    finished). A model whose every measurement was reused skips it: rebuilding report.md (bootstrap,
-    plots) after each of the 105 reused ML-100K models dominated a pure regeneration (bench/regenerate_reports.py).
+    ``on_model(results_so_far, notes)`` runs after each model from the first one that measured
+    something new on, so a long grid keeps its report current (a run stopped after hours still
+    leaves a table of what finished, reused rows included). Until then the previous report stands:
+    rebuilding report.md (bootstrap, plots) after each of the 105 reused ML-100K models dominated a
+    pure regeneration (bench/regenerate_reports.py).
     """
     from slim.recommenders.train import FitConfig, fit
 
@@ -112,6 +113,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
                          n_users=int(dataset.n_users), n_items=int(dataset.n_items)),
              item_popularity=popularity)
     results: list[SeedResult] = []
+    wrote = False
     for i, (s, backbone, seed) in enumerate(plan, 1):
         name = run_name(backbone, s.name, seed)
         t0 = time.perf_counter()
@@ -144,7 +146,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)
-        if on_model is not None and not all(r.reused for r in results[-len(protocols):]):
+        wrote |= not all(r.reused for r in results[-len(protocols):])
+        if on_model is not None and wrote:  # once a report was rebuilt, it keeps every later model
             on_model(results, notes)
     return results, notes
 

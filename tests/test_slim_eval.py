@@ -132,7 +132,8 @@ def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys, monkeypatc
     assert checkpoint_state(out) == before  # nothing retrained
     assert again["results"] == report["results"]  # identical numbers
     assert capsys.readouterr().out.count("(reused)") == 8  # 4 models x 2 protocols
-    assert len(written) == 1 and "wall time of this invocation" in (out / "report.md").read_text()
+    final = (out / "report.md").read_text()
+    assert len(written) == 1 and "wall time of this invocation" in final and "in progress" not in final
     assert seconds < first_seconds
 
 
