@@ -24,7 +24,7 @@ from pathlib import Path
 
 from slim.artifacts import RunLayout, write_json
 
-from .report import build_report, markdown, results_table
+from .report import PROTOCOL_TITLES, build_report, markdown, results_table, slim_vs_teacher_cells
 from .variants import VARIANT_NAMES, spec
 
 PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "sampled"]}
@@ -123,8 +123,6 @@ def command_line(argv: list[str] | None) -> str:
 
 def print_teacher_cells(reports: list[dict]) -> None:
     """The paper's cross-dataset count (SLIM beats SLIM- in 22 of 27 cells), on the reports that have both."""
-    from .report import PROTOCOL_TITLES, slim_vs_teacher_cells
-
     for protocol in ("sampled", "full"):
         cells = [(r["dataset"], c) for r in reports if protocol in r["protocols"]
                  for c in slim_vs_teacher_cells(r, protocol)]

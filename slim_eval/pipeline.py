@@ -113,7 +113,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
                          n_users=int(dataset.n_users), n_items=int(dataset.n_items)),
              item_popularity=popularity)
     results: list[SeedResult] = []
-    wrote = False
+    report_live = False  # set by the first model that measured something new
     for i, (s, backbone, seed) in enumerate(plan, 1):
         name = run_name(backbone, s.name, seed)
         t0 = time.perf_counter()
@@ -146,8 +146,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)
-        wrote |= not all(r.reused for r in results[-len(protocols):])
-        if on_model is not None and wrote:  # once a report was rebuilt, it keeps every later model
+        report_live |= not all(r.reused for r in results[-len(protocols):])
+        if on_model is not None and report_live:  # once a report was rebuilt, it keeps every later model
             on_model(results, notes)
     return results, notes
 
