@@ -27,8 +27,10 @@ from slim_eval.report import markdown
 
 def run(dataset: str, extra: list[str]) -> None:
     # the reported run's own flags (sample, variants), so every fit is reused and nothing is overwritten
-    argv = next(a for a in expand_all(["--split", "test", "--threads", "1", "--no-progress", *extra, "--dataset", "all"])
-                if a[a.index("--dataset") + 1] == dataset)
+    runs = expand_all(["--split", "test", "--threads", "1", "--no-progress", *extra, "--dataset", "all"])
+    if dataset not in runs:
+        raise SystemExit(f"--dataset {dataset}: not a reported run; choose one of {', '.join(runs)}")
+    argv = runs[dataset]
     args = parse_args(argv)
     sink = io.StringIO()
     t0 = time.perf_counter()
@@ -53,6 +55,6 @@ def run(dataset: str, extra: list[str]) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="ml-100k", help="one of the reported datasets (slim_eval's --dataset all)")
+    p.add_argument("--dataset", default="ml-100k", help="one of the reported runs (slim_eval's --dataset all), e.g. amazon-video-games-u500")
     args, extra = p.parse_known_args()
     run(args.dataset, extra)

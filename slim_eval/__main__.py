@@ -29,29 +29,40 @@ from .variants import VARIANT_NAMES, spec
 
 PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "sampled"]}
 
-# ``--dataset all``: the three reported datasets, each with the user sample its report was made on.
-# The Amazon sets are sampled (seed 0) because every sampled user costs two student rationales
-# (~1.4 s each here with two workers; ~3.5 s on one core for Scientific's longer titles) before any
-# fusion model can be fitted. Games keeps the issue's 3,000 users; Scientific's 600 is what fitted
-# in the session that made it (README, "Amazon Industrial & Scientific").
+# ``--dataset all``: every shipped report, by its name (assets/reports/<name>), with the flags it was
+# made with. The Amazon sets are sampled (seed 0) because every sampled user costs two student
+# rationales (~1.4 s each here with two workers; ~3.5 s on one core for Scientific's longer titles)
+# before any fusion model can be fitted. Games keeps the issue's 3,000 users; Scientific's 600 is what
+# fitted in the session that made it (README, "Amazon Industrial & Scientific"). Games' teacher-rationale
+# variant (the paper's SLIM-) is a second, smaller sample in its own run directory: a teacher rationale
+# costs ~5-11 s here, so 3,000 users x 2 splits would be 8-19 h of teacher time.
 REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"  # the issue's
-REPORTED_DATASETS: dict[str, list[str]] = {
-    "ml-100k": [],  # every variant with artefacts (auto), incl. the Step-3 post-filtered ones
+TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"
+REPORTED_RUNS: dict[str, list[str]] = {
+    "ml-100k": ["--dataset", "ml-100k"],  # every variant with artefacts (auto), incl. the Step-3 post-filtered ones
     # the Amazon reports hold the issue's variants; `auto` would also fit the *-clean extras (hours more)
-    "amazon-video-games": ["--users", "3000", "--variants", REPORTED_VARIANTS],
+    "amazon-video-games": ["--dataset", "amazon-video-games", "--users", "3000", "--variants", REPORTED_VARIANTS],
+    # the 500-user sample with teacher rationales on both splits; student rationales come from the main run's file
+    "amazon-video-games-u500": ["--dataset", "amazon-video-games", "--users", "500",
+                                "--out", "runs/amazon-video-games-u500", "--rationales-from", "runs/amazon-video-games",
+                                "--variants", TEACHER_SAMPLE_VARIANTS],
     # 88.5% / 89.2% of the sample's valid / test rationales parse (the rest hit max_tokens inside Step 2),
     # just under the 90% default guard; the report prints the coverage beside the rows
-    "amazon-industrial-scientific": ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS],
+    "amazon-industrial-scientific": ["--dataset", "amazon-industrial-scientific", "--users", "600",
+                                     "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS],
 }
+# flags that make a run a second sample of a dataset: an explicit sample or directory from the caller
+# would turn it into a duplicate of the main run, so it is left out then
+_SAMPLE_FLAGS = ("--users", "--min-coverage", "--out", "--rationales-from")
 
 
 def _given(flag: str, argv: list[str]) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def expand_all(argv: list[str]) -> list[list[str]]:
-    """One argv per reported dataset for ``--dataset all``; a flag the caller gives wins over the
-    dataset's own (an explicit ``--users`` replaces every dataset's sample, and its coverage guard)."""
+def expand_all(argv: list[str]) -> dict[str, list[str]]:
+    """One argv per reported run for ``--dataset all``, by report name; a flag the caller gives wins over
+    the run's own (an explicit ``--users`` replaces every dataset's sample, and its coverage guard)."""
     rest, i = [], 0
     while i < len(argv):
         if argv[i] == "--dataset":
@@ -62,12 +73,15 @@ def expand_all(argv: list[str]) -> list[list[str]]:
             continue
         rest.append(argv[i])
         i += 1
-    runs = []
-    for name, own in REPORTED_DATASETS.items():
+    overridden = _given("--users", rest) or _given("--out", rest)
+    runs = {}
+    for name, own in REPORTED_RUNS.items():
         pairs = [own[k:k + 2] for k in range(0, len(own), 2)]
-        if _given("--users", rest):
-            pairs = [p for p in pairs if p[0] not in ("--users", "--min-coverage")]
-        runs.append([*rest, "--dataset", name, *(x for p in pairs if not _given(p[0], rest) for x in p)])
+        if overridden:
+            if _given("--out", own):
+                continue
+            pairs = [p for p in pairs if p[0] not in _SAMPLE_FLAGS]
+        runs[name] = [*rest, *(x for p in pairs if not _given(p[0], rest) for x in p)]
     return runs
 
 
@@ -78,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="target to measure (models are always selected on valid)")
     p.add_argument("--dataset", default="ml-100k", help="ml-100k | amazon-video-games | "
                    "amazon-industrial-scientific | custom:<interactions>,<items> | all (the three "
-                   "reported datasets, each on its reported user sample: " +
-                   "; ".join(f"{k} {' '.join(v) or 'all users'}" for k, v in REPORTED_DATASETS.items()) + ")")
+                   "reported runs, each with the flags its report was made with: " +
+                   "; ".join(f"{k}: {' '.join(v)}" for k, v in REPORTED_RUNS.items()) + ")")
     p.add_argument("--data-dir", default=None, help="default: $SLIM_DATA_DIR, else ../shared/data")
     p.add_argument("--backbones", default="sasrec,gru4rec,srgnn")
     p.add_argument("--variants", default="auto",
@@ -121,10 +135,10 @@ def command_line(argv: list[str] | None) -> str:
     return "python -m slim_eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
-def print_teacher_cells(reports: list[dict]) -> None:
+def print_teacher_cells(reports: dict[str, dict]) -> None:
     """The paper's cross-dataset count (SLIM beats SLIM- in 22 of 27 cells), on the reports that have both."""
     for protocol in ("sampled", "full"):
-        cells = [(r["dataset"], c) for r in reports if protocol in r["protocols"]
+        cells = [(name, c) for name, r in reports.items() if protocol in r["protocols"]
                  for c in slim_vs_teacher_cells(r, protocol)]
         if cells:
             names = sorted({d for d, _ in cells})
@@ -138,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.dataset == "all":
         # each dataset is its own resumable run with its own report; one failing does not lose the others' work
         given = sys.argv[1:] if argv is None else argv
-        reports = {sub[sub.index("--dataset") + 1]: main(sub) for sub in expand_all(given)}
-        print_teacher_cells([r for r in reports.values() if r])
+        reports = {name: main(sub) for name, sub in expand_all(given).items()}
+        print_teacher_cells({name: r for name, r in reports.items() if r})
         return reports
     import torch
 

@@ -303,7 +303,7 @@ def test_slim_vs_teacher_counts_cells_as_the_paper_does(capsys):
     from slim_eval.__main__ import print_teacher_cells
 
     other = {**report, "dataset": "e", "results": [{**r, "backbone": "gru4rec"} for r in rows]}
-    print_teacher_cells([report, other, {**report, "dataset": "f", "results": rows[1:]}])
+    print_teacher_cells({"d": report, "e": other, "f": {**report, "dataset": "f", "results": rows[1:]}})
     out = capsys.readouterr().out
     assert "100 sampled negatives: 4 of 6 cells (d, e; paper: 22 of 27, sampled)" in out and "full" not in out
 
@@ -353,20 +353,28 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
 
 
 def test_dataset_all_expands_to_the_reported_samples():
-    from slim_eval.__main__ import REPORTED_DATASETS, REPORTED_VARIANTS, expand_all
+    from slim_eval.__main__ import REPORTED_RUNS, REPORTED_VARIANTS, TEACHER_SAMPLE_VARIANTS, expand_all
 
     runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
-    assert [r[r.index("--dataset") + 1] for r in runs] == list(REPORTED_DATASETS)
-    ml, games, sci = runs
-    assert "--users" not in ml and "--variants" not in ml  # ML-100K: all 943 users, every variant (auto)
+    assert list(runs) == list(REPORTED_RUNS)
+    ml, games, u500, sci = (runs[k] for k in ("ml-100k", "amazon-video-games", "amazon-video-games-u500",
+                                              "amazon-industrial-scientific"))
+    assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k"]  # all 943 users, every variant (auto)
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
                                                                              REPORTED_VARIANTS]
+    # the teacher sample is its own run directory and reads the main run's rationale files
+    assert u500[u500.index("--users"):] == ["--users", "500", "--out", "runs/amazon-video-games-u500",
+                                            "--rationales-from", "runs/amazon-video-games",
+                                            "--variants", TEACHER_SAMPLE_VARIANTS]
     assert sci[sci.index("--users"):] == ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS]
     assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
-    # a flag the caller gives wins, once: an explicit sample replaces each dataset's sample and guard
+    assert {"teacher", "slim"} <= set(TEACHER_SAMPLE_VARIANTS.split(","))
+    # a flag the caller gives wins, once: an explicit sample replaces each dataset's sample and guard,
+    # and drops the second Games sample (it would be the main run again, in another directory)
     explicit = expand_all(["--dataset=all", "--users", "50", "--variants", "id"])
+    assert list(explicit) == ["ml-100k", "amazon-video-games", "amazon-industrial-scientific"]
     assert all(r.count("--users") == 1 and "50" in r and r.count("--variants") == 1 and "--min-coverage" not in r
-               for r in explicit)
+               and "--out" not in r for r in explicit.values())
 
 
 def test_missing_rationales_command_names_the_student_and_the_sample():
