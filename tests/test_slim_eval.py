@@ -420,6 +420,28 @@ def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
     assert improvement_interval(layout, report, "sasrec", "sampled")["p_not_better"] == 1.0
 
 
+def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
+    """SLIM / SLIM- - 1 gets the same paired bootstrap as Improv.; no teacher row, no table."""
+    from slim.metrics import rank_metrics
+    from slim_eval.report import ratio_interval, slim_vs_teacher_interval_table
+
+    layout, rng, users = RunLayout(tmp_path), np.random.default_rng(1), np.arange(300).astype(str)
+    ranks = {"teacher": rng.integers(1, 40, 300)}
+    ranks["slim"] = ranks["teacher"] + 3  # the student's rationale loses a few places for every user
+    results = []
+    for v, r in ranks.items():
+        save_npz(layout.eval_file("test", run_name("gru4rec", v, 0), "full"), {}, ranks=r, user_ids=users)
+        results.append({"backbone": "gru4rec", "variant": v, "protocol": "full", "seeds": [0],
+                        "metrics": {"NDCG@10": {"mean": rank_metrics(r)["NDCG@10"], "std": 0.0}}})
+    report = {"dataset": "t", "split": "test", "protocols": ["full"], "results": results}
+    ci = ratio_interval(layout, report, "gru4rec", "full", "slim", ("teacher",))
+    expected = rank_metrics(ranks["slim"])["NDCG@10"] / rank_metrics(ranks["teacher"])["NDCG@10"] - 1
+    assert ci["improv"] == pytest.approx(expected) and ci["hi"] < 0 and ci["p_not_better"] == 1.0
+    table = slim_vs_teacher_interval_table(layout, report)
+    assert "| GRU4Rec | full ranking |" in table and "SLIM <= SLIM-" in table and "300 users" in table
+    assert slim_vs_teacher_interval_table(layout, {**report, "results": results[1:]}) is None
+
+
 def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
     """Users whose student rationale was rejected are measured apart: how much of the gap they explain."""
     from slim.rationales import RationaleStore
