@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", choices=("valid", "test"), default="test",
                    help="target to measure (models are always selected on valid)")
     p.add_argument("--dataset", default="ml-100k", help="ml-100k | amazon-video-games | "
-                   "amazon-industrial-scientific | custom:<interactions>,<items> | all (the three "
+                   "amazon-industrial-scientific | custom:<interactions>,<items> | all (the "
                    "reported runs, each with the flags its report was made with: " +
                    "; ".join(f"{k}: {' '.join(v)}" for k, v in REPORTED_RUNS.items()) + ")")
     p.add_argument("--data-dir", default=None, help="default: $SLIM_DATA_DIR, else ../shared/data")
