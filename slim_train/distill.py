@@ -246,11 +246,31 @@ def rss_gb() -> float:
 # ---------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------
+def make_accelerator(precision: str):
+    """``Accelerator(mixed_precision=precision)``, also when this process already made one with another
+    precision.
+
+    accelerate keeps one process-wide state and refuses to change its precision. Under `accelerate launch`
+    each process trains once, but a test session or a notebook may call ``train`` twice, e.g. ``auto``
+    (bf16 on an AVX512 CPU) and then ``no``; the second call then drops the old state (accelerate's own
+    ``_reset_state``, which its test-suite uses for the same reason) instead of failing.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=precision)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(mixed_precision=precision)
+
+
 def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_out: Path, *,
           meta: dict, restart: bool = False, initial_eval: bool = True, gguf: bool = True) -> dict:
     """Train (or resume) and write the adapter; returns the metrics dict. Usable from tests."""
     import torch
-    from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -258,7 +278,7 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     from slim.sft import build_examples, collate
 
     cfg.precision = resolve_precision(cfg.precision)  # recorded resolved, so the card says what ran
-    accelerator = Accelerator(mixed_precision=cfg.precision)
+    accelerator = make_accelerator(cfg.precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint"

@@ -165,3 +165,13 @@ def test_init_adapter_continues_from_an_existing_student(ds, tmp_path):
         run_cli(tmp_path / "c", teacher, "--max-steps", "1", "--init-adapter", str(adapter_a), "--lora-r", "8")
     with pytest.raises(SystemExit, match="expected a peft folder"):
         run_cli(tmp_path / "d", teacher, "--max-steps", "1", "--init-adapter", str(tmp_path))
+
+
+def test_train_can_change_precision_within_one_process():
+    """accelerate's state is process-wide: a second distillation in the same process (a test session,
+    a notebook) with another precision must not fail (seen on an AVX512 box: `auto` -> bf16, then `no`)."""
+    from slim_train.distill import make_accelerator
+
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"
+    assert make_accelerator("no").mixed_precision == "no"  # same precision: accelerate's state is reused
