@@ -175,3 +175,20 @@ def test_train_can_change_precision_within_one_process():
     assert make_accelerator("bf16").mixed_precision == "bf16"
     assert make_accelerator("no").mixed_precision == "no"
     assert make_accelerator("no").mixed_precision == "no"  # same precision: accelerate's state is reused
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16():
+    """torch says "AVX512" for CPUs with and without AVX512-BF16; bf16 autocast is 15x slower than fp32
+    where it is emulated, so `auto` reads the CPU flags."""
+    import torch
+
+    from slim_train.distill import cpu_flags, resolve_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU's precision")
+    info = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
+    assert cpu_flags(info) == {"fpu", "sse", "avx2", "avx512f", "avx512_vnni"}
+    assert resolve_precision("auto", cpu_flags(info)) == "no"  # AVX512 without BF16
+    assert resolve_precision("auto", cpu_flags(info.replace("avx512_vnni", "avx512_vnni avx512_bf16"))) == "bf16"
+    assert resolve_precision("auto", {"amx_bf16", "amx_tile"}) == "bf16"
+    assert resolve_precision("no", {"avx512_bf16"}) == "no"  # an explicit choice is kept
