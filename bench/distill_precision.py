@@ -17,14 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def step_seconds(model, batch, dtype, reps: int) -> float:
+def step_seconds(model, batch, precision: str, reps: int) -> float:
     """Median wall time of forward + backward (LoRA grads only), after one warm-up step."""
     import torch
 
     times = []
     for i in range(reps + 1):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
         model.zero_grad(set_to_none=True)

@@ -240,7 +240,7 @@ def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
     AVX512-BF16 or AMX), else fp32.
 
     Measured (``bench/distill_precision.py``, one LoRA forward + backward of the student, 1 x 256 tokens,
-    2 threads): on an AMD EPYC with avx512_bf16, bf16 autocast 1.05 s vs fp32 1.37 s (0.77x). On an
+    2 threads): on an AMD EPYC with avx512_bf16, bf16 autocast 1.08 s vs fp32 1.38 s (0.78x). On an
     AVX2-only EPYC, bf16 autocast was 15x slower than fp32 (42.9 s vs 2.6 s for 1 x 64 tokens): its bf16
     matmuls are emulated. torch's capability string says "AVX512" without saying whether the BF16
     extension is there, so the CPU's flags decide where /proc/cpuinfo exists.
@@ -271,7 +271,7 @@ def make_accelerator(precision: str):
 
     accelerate keeps one process-wide state and refuses to change its precision. Under `accelerate launch`
     each process trains once, but a test session or a notebook may call ``train`` twice, e.g. ``auto``
-    (bf16 on an AVX512 CPU) and then ``no``; the second call then drops the old state (accelerate's own
+    (bf16 on a CPU with native bf16) and then ``no``; the second call then drops the old state (accelerate's own
     ``_reset_state``, which its test-suite uses for the same reason) instead of failing.
     """
     from accelerate import Accelerator
