@@ -112,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     p.add_argument("--rationales", action="store_true", help="report rationale quality only (no fitting)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs)")
+    p.add_argument("--results-md", action="store_true",
+                   help="write docs/RESULTS.md, docs/HISTORY.md and README.md's results block from assets/reports")
     args = p.parse_args(argv)
     # auto: ask for every variant; run_grid skips a rationale variant whose file is missing or
     # covers too few users, and the report says which command would make it
@@ -149,6 +151,9 @@ def print_teacher_cells(reports: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    if args.results_md:  # no fitting: the pages are rebuilt from the shipped reports
+        from .results_md import main as results_md
+        return results_md()
     if args.dataset == "all":
         # each dataset is its own resumable run with its own report; one failing does not lose the others' work
         given = sys.argv[1:] if argv is None else argv
