@@ -8,26 +8,40 @@ What a request does (:meth:`DemoService.run`):
 1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
    test split of ``slim.data``) or a custom history (``slim.uploads``: matched catalogue titles).
 2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
-   dataset's distilled LoRA, ``slim.artifacts.student_adapter``, when it exists) always runs live; the teacher
-   column shows the cached teacher rationale for dataset users when ``rationales/teacher.jsonl``
-   has one, else runs live when an endpoint is configured, else explains how to enable it.
-3. Rank the catalogue with the student's rationale:
-   - dataset users: the best fitted SLIM backbone checkpoint (highest validation NDCG@10) next to
-     its plain backbone, when checkpoints exist under ``runs/<ds>/checkpoints`` or
-     ``assets/<ds>/checkpoints``;
-   - custom histories (and dataset users without checkpoints): ID-agnostic text matching, with a
-     fitted ``match`` checkpoint when one exists, else cosine similarity between the MiniLM vector
-     of the rationale and each item's text, labelled *untrained*.
+   dataset's distilled LoRA, ``slim.artifacts.student_adapter``) always runs live. The teacher
+   column shows the cached teacher rationale for dataset users when a teacher run wrote one
+   (``assets/rationales/<ds>/teacher.jsonl``, ``runs/<ds>/rationales/teacher.jsonl``); otherwise
+   (custom histories) the teacher reasons live: an OpenAI-compatible endpoint from the environment
+   (``SLIM_TEACHER_BASE_URL``) first, else the local Qwen2.5-Coder-1.5B GGUF in llama.cpp when it is
+   installed (``python -m slim_train models --teacher``); without either the column says how to
+   enable one.
+3. Rank the catalogue with the student's rationale, always with fitted checkpoints when there are
+   any (``assets/<ds>/checkpoints``, ``runs/<ds>/checkpoints``):
+   - dataset users: the fitted SLIM checkpoint (variant ``slim``) with the highest validation
+     NDCG@10, next to the plain backbone of the same kind (variant ``id``);
+   - custom histories: ID-agnostic text matching with the fitted projection g_t (variant ``match``,
+     no tag): a new history has no user row in an ID-based model;
+   - only a dataset without any usable fitted checkpoint falls back to cosine similarity between the
+     MiniLM vectors of the rationale and the item texts, labelled *untrained*.
+   A checkpoint whose provenance does not match (another dataset version, other item texts or
+   encoder) is refused once, with one log line saying why, and the next best one is tried.
    Items already in the history are never recommended (the ``full`` protocol's filter).
 
-Why threads and one lock per model: llama.cpp contexts are not thread-safe
-(``LlamaCppReasoner`` serialises calls), and a 2-core box gains nothing from two copies. Greedy
-decoding is deterministic, so answers are memoised per prompt (a small LRU): a repeated request
-costs nothing and still shows the same text.
+How the two models share the CPU (2 cores here): one lock per model, so each model serves one
+visitor at a time (a llama.cpp context is not thread-safe, and a second copy would only halve the
+speed of both); the two models run *at the same time* on split threads: each decodes with
+``SLIM_THREADS`` threads (default 1, i.e. one core each), the student's short prompt pass uses every
+core (it sets the student's time to the first token) and the teacher's uses ``SLIM_TEACHER_THREADS``
+(default 1), so a slow live teacher never holds the student back. The Space's queue
+(``app.py``: ``concurrency_limit`` for the reasoning event, a bounded ``queue``) keeps further
+visitors waiting in line, with the page responsive, instead of oversubscribing the cores. Greedy
+decoding is deterministic, so answers are memoised per prompt (a small LRU): a repeated request costs
+nothing and still shows the same text.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -49,16 +63,26 @@ from .uploads import Catalogue, History, UploadError, history_from_file, history
 
 PAPER_URL = "https://arxiv.org/abs/2403.04260"
 DEFAULT_DATASET = "ml-100k"
-OPTIONAL_DATASETS = ("amazon-video-games",)  # shown only when their artefacts exist
+OPTIONAL_DATASETS = ("amazon-video-games", "amazon-industrial-scientific")  # offered when their files exist
+# the raw files each loader of slim.data reads (ML-100K is downloaded from GroupLens when absent;
+# there is no downloader for the Amazon sets: their files are placed under <data dir>/<name>/raw)
+RAW_FILES = {
+    "ml-100k": ("ml-100k.inter", "ml-100k.item"),
+    "amazon-video-games": ("Games.item", "Games-6k.test.inter"),
+    "amazon-industrial-scientific": ("Scientific.item.json", "Scientific.inter.json"),
+}
 TOP_K = 10
 STUDENT_MAX_TOKENS = int(os.environ.get("SLIM_STUDENT_MAX_TOKENS", "200"))  # = slim_train reason default
 TEACHER_MAX_TOKENS = int(os.environ.get("SLIM_TEACHER_MAX_TOKENS", "320"))  # = slim_train teach default
 TEACHER_HELP = (
-    "No teacher is configured for live reasoning. To enable it, set `SLIM_TEACHER_BASE_URL` (any "
-    "OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, `python -m llama_cpp.server`), "
-    "`SLIM_TEACHER_MODEL` and `OPENAI_API_KEY`, or `SLIM_TEACHER_LOCAL=1` to run the local "
-    "Qwen2.5-Coder-1.5B GGUF in llama.cpp (slow on 2 CPU cores), then restart the app."
+    "No teacher is configured for live reasoning. To enable it, install the local teacher, "
+    "Qwen2.5-Coder-1.5B-Instruct (GGUF, 1.1 GB, run in llama.cpp): `python -m slim_train models --teacher`; "
+    "or set `SLIM_TEACHER_BASE_URL` (any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, "
+    "`python -m llama_cpp.server`), `SLIM_TEACHER_MODEL` and `OPENAI_API_KEY`. Then restart the app."
 )
+TEACHER_DISABLED = "The local teacher is switched off (`SLIM_TEACHER_LOCAL=0`); unset it to reason live."
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +169,19 @@ class Ranked:
     target_rank: int | None = None  # 1-based rank of the held-out item in the full (filtered) ranking
 
 
+MATCH_LABEL = "SLIM text matching (ID-agnostic)"  # the fitted `match` projection
+UNTRAINED_LABEL = "SLIM text matching (untrained: cosine)"  # no usable fitted checkpoint
+
+
+def _slim_label(r: Ranked) -> str:
+    """``r.variant`` when it is a fitted SLIM backbone's label ("SLIM (SASRec)"), else ""."""
+    return r.variant if re.fullmatch(r"SLIM \(\w+\)", r.variant) else ""
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def rationale_text(text: str) -> str:
     """The text encoded as the user's rationale vector, built exactly as for the fitted models."""
     from .rationales import rationale_text as row_text
@@ -200,13 +237,19 @@ def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarra
 
     from .metrics import dataset_fingerprint
     from .recommenders import build_model
-    from .recommenders.train import array_sha
+    from .artifacts import text_inputs_key
+    from .recommenders.train import text_inputs_check
 
     key = ck.record["key"]
+    if isinstance(key.get("item_text"), str) and not key["item_text"].startswith("rounded:"):
+        raise ValueError(f"{ck.path.name}: checkpoint format {key.get('format')} keys its item texts by the bytes "
+                         "of the vectors, which differ across machines; this code keys them by the texts and "
+                         "encoder (format 2). Fix: refit it (slim_eval --refit) or ship a format-2 checkpoint")
     if key["dataset"]["fingerprint"] != dataset_fingerprint(dataset):
         raise ValueError(f"{ck.path.name}: trained on a different version of {dataset.name}")
-    if key.get("item_text") and key["item_text"] != array_sha(item_text):
-        raise ValueError(f"{ck.path.name}: item-text vectors differ from the ones it was trained with")
+    # the item side only: the rationale inputs of the training users stay as recorded
+    now = {**key, "item_text": text_inputs_key(item_text) if key.get("item_text") else None}
+    text_inputs_check(ck.record, now, item_text, None, ck.path.name)
     state = load_file(str(ck.path / "model.safetensors"))
     # the rationale vector size is the input width of g_l' (UserTextFusion.g_l), not of g_f'
     g_l = state.get("user_fusion.g_l.weight")
@@ -218,6 +261,21 @@ def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarra
     model.load_state_dict(state)
     model.eval()
     return model
+
+
+class CheckpointRefused(ValueError):
+    """A fitted checkpoint the demo will not use (its provenance does not match the inputs here)."""
+
+
+@dataclass
+class DatasetStatus:
+    name: str
+    offered: bool
+    reason: str  # why it is not offered (or a remark when it is)
+    student: str  # the shipped adapter's path relative to the root, "" when absent
+    rationales: list[str]
+    checkpoints: int
+    slim_checkpoints: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +308,17 @@ class Update:
     done: bool = False
 
 
+def local_teacher_installed() -> bool:
+    """The local teacher GGUF is assembled in the cache, or all its part packages are installed
+    (``python -m slim_train models --teacher`` does both); nothing is installed or read here."""
+    from .weights import CACHE_DIR, TEACHER_GGUF
+
+    out = CACHE_DIR / TEACHER_GGUF.name
+    if out.exists() and (not TEACHER_GGUF.size or out.stat().st_size == TEACHER_GGUF.size):
+        return True
+    return all(TEACHER_GGUF.part_path(n) is not None for n in range(1, TEACHER_GGUF.parts + 1))
+
+
 class DemoService:
     """Loads datasets, models and checkpoints lazily, once, behind locks; safe to share across requests."""
 
@@ -272,19 +341,55 @@ class DemoService:
         self._students: dict[str, Any] = {}  # adapter path -> reasoner
         self._teacher: Any = None
         self._teacher_checked = False
+        self._teacher_error = ""
         self._encoder = None
         self._memo: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.refused: dict[str, str] = {}  # checkpoint path -> why it is not used
 
     # ---- datasets ------------------------------------------------------------------------
+    def dataset_status(self, name: str) -> "DatasetStatus":
+        """Whether ``name`` is offered in the picker, what ships for it and, if it is not, why."""
+        raw = self.data_dir / name / "raw"
+        missing = [f for f in RAW_FILES.get(name, ()) if not (raw / f).exists()]
+        adapter = self.adapter_path(name)
+        rat_dirs = [d / "rationales" for d in self.run_dirs(name)] + [self.root / "assets" / "rationales" / name]
+        rationales = [str(p.relative_to(self.root)) for d in rat_dirs if d.is_dir() for p in sorted(d.glob("*.jsonl"))]
+        cks = self.checkpoints(name)
+        st = DatasetStatus(name, True, "", str(adapter.relative_to(self.root)) if adapter.exists() else "",
+                           rationales, len(cks), sum(c.variant == "slim" for c in cks))
+        if name == DEFAULT_DATASET:
+            if missing:
+                st.reason = f"downloaded from GroupLens on first use into `{raw}`"
+            return st
+        if missing:
+            st.offered = False
+            st.reason = (f"raw files not found in `{raw}` ({', '.join(missing)}); there is no downloader for "
+                         "the Amazon data: place the files there (or point `SLIM_DATA_DIR` at them) and restart")
+        elif not st.student or not (st.rationales or st.checkpoints):
+            st.offered = False
+            st.reason = ("its artefacts do not ship in this checkout: "
+                         + ", ".join(w for w, ok in ((f"student adapter `{student_adapter(name)}`", st.student),
+                                                     (f"rationales `assets/rationales/{name}/`", st.rationales or st.checkpoints))
+                                     if not ok))
+        return st
+
     def available_datasets(self) -> list[str]:
-        """ML-100K always (downloaded from GroupLens when absent); others when their artefacts exist."""
-        names = [DEFAULT_DATASET]
-        for name in OPTIONAL_DATASETS:
-            has_data = (self.data_dir / name / "raw").is_dir()
-            has_artefacts = (self.root / "runs" / name).is_dir() or (self.root / "assets" / name).is_dir()
-            if has_data and has_artefacts:
-                names.append(name)
-        return names
+        """ML-100K always (downloaded from GroupLens when absent); the Amazon sets when their raw files
+        and shipped artefacts (student adapter + rationales or checkpoints) are there."""
+        return [DEFAULT_DATASET] + [n for n in OPTIONAL_DATASETS if self.dataset_status(n).offered]
+
+    def datasets_markdown(self) -> str:
+        """The About tab's table: every known dataset, what ships for it, and why one is not offered."""
+        lines = ["| dataset | in the picker | student adapter | rationales | fitted checkpoints |",
+                 "|---|---|---|---|---|"]
+        notes = []
+        for name in (DEFAULT_DATASET, *OPTIONAL_DATASETS):
+            st = self.dataset_status(name)
+            lines.append(f"| {name} | {'yes' if st.offered else 'no'} | {f'`{st.student}`' if st.student else '-'} | "
+                         f"{len(st.rationales)} file(s) | {st.checkpoints} ({st.slim_checkpoints} SLIM) |")
+            if st.reason:
+                notes.append(f"- **{name}**{'' if st.offered else ' is not in the picker'}: {st.reason}.")
+        return "\n".join(lines + ([""] + notes if notes else []))
 
     def check_dataset(self, name: str) -> str:
         name = (name or DEFAULT_DATASET).strip()
@@ -379,7 +484,7 @@ class DemoService:
                 from .weights import student_gguf_path
 
                 lora = adapter if adapter.exists() else None
-                label = (f"SmolLM2-135M-Instruct + SLIM LoRA ({adapter.parent.name})" if lora
+                label = (f"SmolLM2-135M-Instruct + SLIM LoRA {_rel(adapter, self.root)}" if lora
                          else "SmolLM2-135M-Instruct (base, not distilled)")
                 self._students[str(adapter)] = LlamaCppReasoner(
                     student_gguf_path(), lora, n_ctx=2048, n_threads=self.n_threads,
@@ -389,25 +494,55 @@ class DemoService:
     def student_distilled(self, name: str = DEFAULT_DATASET) -> bool:
         return self.adapter_path(name).exists()
 
+    def teacher_source(self) -> tuple[str, str] | None:
+        """Which live teacher a request would get, without loading it: ("endpoint", "<model> at <url>"),
+        ("local", "<gguf path>") or None. An endpoint from the environment takes precedence; the local
+        GGUF is used when it is installed (``SLIM_TEACHER_LOCAL=1`` insists, ``=0`` switches it off)."""
+        base = os.environ.get("SLIM_TEACHER_BASE_URL")
+        if base:
+            return "endpoint", f"{os.environ.get('SLIM_TEACHER_MODEL', 'gpt-4o-mini')} at {base}"
+        local = os.environ.get("SLIM_TEACHER_LOCAL", "auto")
+        if local == "0":
+            return None
+        if local == "1" or local_teacher_installed():
+            from .weights import CACHE_DIR, TEACHER_GGUF
+
+            return "local", str(CACHE_DIR / TEACHER_GGUF.name)
+        return None
+
+    def teacher_help(self) -> str:
+        """What the teacher column says when there is no live teacher (and no cached rationale)."""
+        if self._teacher_error:
+            return f"The teacher could not be loaded ({self._teacher_error}). " + TEACHER_HELP
+        return TEACHER_DISABLED if os.environ.get("SLIM_TEACHER_LOCAL") == "0" else TEACHER_HELP
+
     def teacher(self):
-        """A live teacher or None: OpenAI-compatible endpoint from the environment, or the local GGUF."""
+        """A live teacher or None (see :meth:`teacher_source`); loaded once, a failure is remembered."""
         with self._lock:
             if not self._teacher_checked:
                 self._teacher_checked = True
-                base = os.environ.get("SLIM_TEACHER_BASE_URL")
-                if base:
-                    from .reasoners import OpenAIChatReasoner
+                source = self.teacher_source()
+                try:
+                    if source and source[0] == "endpoint":
+                        from .reasoners import OpenAIChatReasoner
 
-                    model = os.environ.get("SLIM_TEACHER_MODEL", "gpt-4o-mini")
-                    self._teacher = OpenAIChatReasoner(base, model, timeout=120, max_retries=1)
-                elif os.environ.get("SLIM_TEACHER_LOCAL") == "1":
-                    from .reasoners import LlamaCppReasoner
-                    from .weights import teacher_gguf_path
+                        model = os.environ.get("SLIM_TEACHER_MODEL", "gpt-4o-mini")
+                        self._teacher = OpenAIChatReasoner(os.environ["SLIM_TEACHER_BASE_URL"], model,
+                                                           timeout=120, max_retries=1)
+                    elif source:
+                        from .reasoners import LlamaCppReasoner
+                        from .weights import teacher_gguf_path
 
-                    self._teacher = LlamaCppReasoner(teacher_gguf_path(), n_ctx=2048, n_threads=self.n_threads,
-                                                     model_name="Qwen2.5-Coder-1.5B-Instruct (local)")
-                    # what `slim_train teach` decodes with, so a live answer equals the cached row
-                    self.teacher_params = replace(self.teacher_params, repeat_penalty=LLAMA_SERVER_REPEAT_PENALTY)
+                        # its own thread(s), beside the student's: see the module docstring
+                        threads = int(os.environ.get("SLIM_TEACHER_THREADS", str(self.n_threads)))
+                        self._teacher = LlamaCppReasoner(teacher_gguf_path(), n_ctx=2048, n_threads=threads,
+                                                         n_threads_batch=threads,
+                                                         model_name="Qwen2.5-Coder-1.5B-Instruct (local teacher)")
+                        # what `slim_train teach` decodes with, so a live answer equals the cached row
+                        self.teacher_params = replace(self.teacher_params, repeat_penalty=LLAMA_SERVER_REPEAT_PENALTY)
+                except Exception as e:  # noqa: BLE001 - a broken teacher must not stop the student
+                    self._teacher_error = f"{type(e).__name__}: {str(e)[:200]}"
+                    log.warning("live teacher not available: %s", self._teacher_error)
             return self._teacher
 
     def encoder(self):
@@ -433,6 +568,39 @@ class DemoService:
         self.item_text(name)
         self.student(name)
         self.teacher()
+        self.warm_up_rankers(name)
+
+    def models_markdown(self, name: str = DEFAULT_DATASET) -> str:
+        """One line per model the page runs for ``name``: the student, the teacher, the rankers."""
+        name = self.check_dataset(name)
+        adapter = self.adapter_path(name)
+        student = (f"SmolLM2-135M-Instruct + the distilled SLIM LoRA `{_rel(adapter, self.root)}`" if adapter.exists()
+                   else f"SmolLM2-135M-Instruct, base model (not distilled: `{student_adapter(name)}` is missing)")
+        src = self.teacher_source()
+        live = ("none live (" + ("switched off" if os.environ.get("SLIM_TEACHER_LOCAL") == "0"
+                                 else "`python -m slim_train models --teacher` installs the local one") + ")"
+                if src is None else f"{src[1]} (OpenAI-compatible endpoint)" if src[0] == "endpoint"
+                else "Qwen2.5-Coder-1.5B-Instruct GGUF in llama.cpp, live")
+        cached = [r for r in self.dataset_status(name).rationales if r.endswith("/teacher.jsonl")]
+        cks = self.checkpoints(name)
+        best = {v: next(iter(self._best(cks, v, untagged_only=v == "match")), None) for v in ("slim", "id", "match")}
+        usable = {v: c for v, c in best.items() if c is not None and str(c.path) not in self.refused}
+        if not cks:
+            ranker = f"no fitted checkpoints for {name} yet: untrained cosine text matching for every history"
+        elif usable.get("slim"):
+            ranker = (f"fitted {usable['slim'].label} `{usable['slim'].path.name}` for dataset users"
+                      + (f", beside {usable['id'].label} `{usable['id'].path.name}`" if usable.get("id") else ""))
+        else:
+            ranker = "no usable fitted SLIM checkpoint for dataset users"
+        if cks:
+            ranker += (f"; fitted text matching `{usable['match'].path.name}` for custom histories" if usable.get("match")
+                       else "; untrained cosine text matching for custom histories (no usable fitted `match` checkpoint)")
+        refused = self.refused_for(name)
+        if refused:
+            ranker += f" ({len(refused)} checkpoint(s) refused: their inputs differ, see the log)"
+        return (f"**Student:** {student}. **Teacher:** {live}"
+                + (f"; cached rationales for dataset users from `{cached[0]}`" if cached else "")
+                + f". **Ranking:** {ranker}.")
 
     # ---- cached teacher rationales ----------------------------------------------------------
     def cached_teacher(self, name: str, user_id: str) -> dict | None:
@@ -509,11 +677,11 @@ class DemoService:
                             f"{float(cached.get('seconds') or 0):.1f} s, {cached.get('completion_tokens', 0)} tokens "
                             "when generated)")
         else:
-            live = self._safe(self.teacher)
+            live = self.teacher()
             if live is None:
                 teacher.status, teacher.model = "unavailable", "Teacher (not configured)"
                 teacher.text = ""
-                teacher.note = TEACHER_HELP
+                teacher.note = self.teacher_help()
             else:
                 threads.append(threading.Thread(target=self._worker, daemon=True, args=(
                     "teacher", live, teacher_messages(req.titles), self.teacher_params, teacher, emit, events)))
@@ -550,26 +718,52 @@ class DemoService:
             col.note = f"{role} failed: {type(e).__name__}: {str(e)[:200]}"
             emit()
 
-    @staticmethod
-    def _safe(fn):
-        try:
-            return fn()
-        except Exception:  # noqa: BLE001 - a missing teacher must not stop the student
-            return None
-
     # ---- ranking ---------------------------------------------------------------------------
     def _module(self, name: str, ck: Checkpoint, item_text: np.ndarray | None):
+        """The fitted module of ``ck``, loaded once; a refusal is remembered and logged once, with why."""
         key = (name, str(ck.path))
         with self._lock:
             if key not in self._modules:
-                self._modules[key] = load_module(ck, self.dataset(name), item_text)
-            return self._modules[key]
+                try:
+                    self._modules[key] = load_module(ck, self.dataset(name), item_text)
+                except (ValueError, RuntimeError, KeyError, OSError) as e:
+                    why = " ".join(f"{type(e).__name__}: {e}".split())
+                    self._modules[key] = CheckpointRefused(why)
+                    self.refused[str(ck.path)] = why
+                    log.warning("checkpoint %s not used: %s", _rel(ck.path, self.root), why)
+            module = self._modules[key]
+        if isinstance(module, CheckpointRefused):
+            raise module
+        return module
 
     def checkpoints(self, name: str) -> list[Checkpoint]:
         return find_checkpoints([d / "checkpoints" for d in self.run_dirs(name)])
 
+    def refused_for(self, name: str) -> dict[str, str]:
+        """Checkpoints of ``name`` refused so far: path -> why."""
+        dirs = [str(d / "checkpoints") for d in self.run_dirs(name)]
+        return {p: w for p, w in self.refused.items() if any(p.startswith(d) for d in dirs)}
+
+    @staticmethod
+    def _best(cks: Sequence[Checkpoint], variant: str, untagged_only: bool = False) -> list[Checkpoint]:
+        """Checkpoints of one variant, best validation NDCG@10 first (untagged before tagged runs)."""
+        pool = [c for c in cks if c.variant == variant and not (untagged_only and c.tag)]
+        return sorted(pool, key=lambda c: (bool(c.tag), -c.valid_ndcg10))
+
+    def warm_up_rankers(self, name: str = DEFAULT_DATASET) -> None:
+        """Load (or refuse, with a log line) the checkpoints the first request would try."""
+        cks = self.checkpoints(name)
+        for variant in ("slim", "id", "match"):
+            for ck in self._best(cks, variant, untagged_only=variant == "match"):
+                try:
+                    self._module(name, ck, None if variant == "id" else self.item_text(name))
+                    break
+                except CheckpointRefused:
+                    continue
+
     def rank(self, req: Request, rationale: str) -> list[Ranked]:
-        """Top-K lists: best fitted SLIM backbone + its plain backbone (dataset users), else text matching."""
+        """Top-K lists: the fitted SLIM checkpoint + its plain backbone (dataset users), fitted text
+        matching (custom histories); cosine similarity only where no fitted checkpoint can be used."""
         import torch
 
         ds = self.dataset(req.dataset)
@@ -578,54 +772,60 @@ class DemoService:
         cks = self.checkpoints(req.dataset)
         out: list[Ranked] = []
         if req.is_dataset_user:
-            slim = sorted((c for c in cks if c.variant == "slim"), key=lambda c: -c.valid_ndcg10)
-            plain_all = sorted((c for c in cks if c.variant == "id"), key=lambda c: -c.valid_ndcg10)
             from .recommenders.train import history_matrix
 
             def backbone_scores(ck: Checkpoint, text: np.ndarray | None, user_vec) -> np.ndarray | None:
                 try:
                     model = self._module(req.dataset, ck, text)
-                except (ValueError, RuntimeError, KeyError, OSError):
-                    return None  # stale or foreign checkpoint: skipped, the next best one is tried
+                except CheckpointRefused:
+                    return None  # stale or foreign checkpoint (logged once): the next best one is tried
                 max_len = ck.record["key"]["config"]["max_len"]
                 seq = torch.as_tensor(history_matrix(ds, np.array([req.user_idx]), "test", max_len))
                 with torch.no_grad():
                     return model.score_last(seq, user_vec).numpy()[0]
 
-            for ck in slim:
+            plain_all = self._best(cks, "id")
+            for ck in self._best(cks, "slim"):
                 s = backbone_scores(ck, item_text, torch.as_tensor(uvec)[None])
                 if s is not None:
-                    out.append(self._top(s, req, ck.label,
-                                         f"best fitted SLIM backbone (valid NDCG@10 {ck.valid_ndcg10:.3f})"))
+                    out.append(self._top(s, req, ck.label, (
+                        f"fitted SLIM checkpoint `{ck.path.name}` (the best by validation NDCG@10, "
+                        f"{ck.valid_ndcg10:.3f}): {ck.backbone} item IDs fused with the item texts and the "
+                        "student's rationale")))
                     plain_all = [c for c in plain_all if c.backbone == ck.backbone] or plain_all
                     break
             for ck in plain_all:
                 s = backbone_scores(ck, None, None)
                 if s is not None:
-                    out.append(self._top(s, req, f"{ck.label} (plain backbone)",
-                                         f"item IDs only, no rationale (valid NDCG@10 {ck.valid_ndcg10:.3f})"))
+                    out.append(self._top(s, req, f"{ck.label} (plain backbone)", (
+                        f"fitted checkpoint `{ck.path.name}`: item IDs only, no rationale "
+                        f"(validation NDCG@10 {ck.valid_ndcg10:.3f})")))
                     break
-        if not any(r.variant.startswith("SLIM") for r in out):
+        if not out or out[0].variant != _slim_label(out[0]):
             out.insert(0, self._match(req, cks, item_text, uvec))
         return out
 
     def _match(self, req: Request, cks: list[Checkpoint], item_text: np.ndarray, uvec: np.ndarray) -> Ranked:
         import torch
 
-        match = sorted((c for c in cks if c.variant == "match" and not c.tag), key=lambda c: -c.valid_ndcg10)
-        for ck in match:
+        for ck in self._best(cks, "match", untagged_only=True):
             try:
                 model = self._module(req.dataset, ck, item_text)
-            except ValueError:
+            except CheckpointRefused:
                 continue
             with torch.no_grad():
                 s = model.score_last(None, torch.as_tensor(uvec)[None]).numpy()[0]
-            return self._top(s, req, "SLIM text matching (ID-agnostic)",
-                             f"fitted g_t (valid NDCG@10 {ck.valid_ndcg10:.3f})")
+            why = "" if not req.is_dataset_user else "; no fitted SLIM backbone checkpoint could be used"
+            return self._top(s, req, MATCH_LABEL, (
+                f"fitted text-matching checkpoint `{ck.path.name}` (learned projection g_t, validation NDCG@10 "
+                f"{ck.valid_ndcg10:.3f}): the rationale and the item texts, no item IDs{why}"))
         s = item_text @ uvec
-        return self._top(s, req, "SLIM text matching (untrained: cosine)",
-                         "no fitted match checkpoint yet: cosine similarity of MiniLM vectors of the student "
-                         "rationale and item texts, without the learned projection g_t")
+        refused = self.refused_for(req.dataset)
+        why = (f"{len(refused)} fitted checkpoint(s) were refused (their inputs differ; see the log)" if refused
+               else f"no fitted checkpoint for {req.dataset}")
+        return self._top(s, req, UNTRAINED_LABEL,
+                         f"{why}: cosine similarity of MiniLM vectors of the student rationale and the item "
+                         "texts, without the learned projection g_t")
 
     def _top(self, scores: np.ndarray, req: Request, variant: str, note: str) -> Ranked:
         s = np.asarray(scores, dtype=np.float64).copy()
@@ -664,6 +864,9 @@ class DemoService:
             if r.target_rank is not None:
                 hit = (f" The held-out item is ranked **#{r.target_rank}**" + (" (in the top 10 ★)." if r.target_rank <= TOP_K else "."))
             lines.append(f"- **{r.variant}**: {r.note}.{hit}")
+        if ranked:
+            for path, why in list(self.refused_for(req.dataset).items())[:3]:
+                lines.append(f"- _not used:_ `{Path(path).name}`: {why[:240]}")
         return "\n".join(lines)
 
 
@@ -679,16 +882,17 @@ class Report:
 
 
 def find_reports(root: Path = REPO_ROOT) -> list[Report]:
-    """``report.md`` + ``plots/*.png`` from ``runs/<ds>/`` (preferred) or ``assets/<ds>/``."""
+    """Every ``<name>/report.md`` (+ its ``plots/*.png``) under ``runs/`` (preferred: a fresh run),
+    ``assets/reports/`` (the reports that ship) and ``assets/``; ML-100K first, then by name."""
     found: dict[str, Report] = {}
-    for base in (root / "runs", root / "assets"):
+    for base in (root / "runs", root / "assets" / "reports", root / "assets"):
         if not base.is_dir():
             continue
         for md in sorted(base.glob("*/report.md")):
-            ds = md.parent.name
-            if ds in found:
+            name = md.parent.name
+            if name in found:
                 continue
             plots = sorted((md.parent / "plots").glob("*.png")) if (md.parent / "plots").is_dir() else []
             plots += sorted(p for p in md.parent.glob("*.png"))
-            found[ds] = Report(ds, md.read_text(encoding="utf-8"), plots, md)
-    return list(found.values())
+            found[name] = Report(name, md.read_text(encoding="utf-8"), plots, md)
+    return sorted(found.values(), key=lambda r: (r.dataset != DEFAULT_DATASET, r.dataset))

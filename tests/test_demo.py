@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from slim.demo import Column, DemoService, Request, format_steps, rationale_text
+from slim.demo import (MATCH_LABEL, TEACHER_HELP, UNTRAINED_LABEL, Column, DemoService, Request, find_reports,
+                       format_steps, rationale_text)
 from slim.uploads import UploadError
 
 RATIONALE = "Step 1: likes science fiction.\nStep 2: Sci-Fi, Action.\nStep 3: Star Wars, Alien"
@@ -123,6 +124,9 @@ def test_each_dataset_runs_its_own_student(service, tmp_path):
 def test_no_checkpoints_means_untrained_label(service):
     assert service.checkpoints("ml-100k") == []
     assert service.available_datasets() == ["ml-100k"]
+    ranked = service.rank(service.resolve("ml-100k", "196"), RATIONALE)
+    assert [r.variant for r in ranked] == [UNTRAINED_LABEL]
+    assert ranked[0].note.startswith("no fitted checkpoint for ml-100k: cosine similarity")
 
 
 def test_top_excludes_padding_and_history(service):
@@ -132,22 +136,191 @@ def test_top_excludes_padding_and_history(service):
     assert r.item_idx[:2] == [4, 5] and r.target_rank == 1
 
 
-def test_dataset_user_is_ranked_by_a_fitted_slim_checkpoint(ml100k, data_dir, tmp_path):
-    """A real (1-epoch) SLIM SASRec checkpoint under runs/ is loaded and ranks a dataset user, with
-    the plain SASRec beside it: the path the Space takes with assets/ml-100k/checkpoints."""
+class ScriptedTeacher(ScriptedStudent):
+    model_name = "scripted-teacher"
+
+    def stream(self, messages, params=None):
+        for word in super().stream(messages, params):
+            time.sleep(0.03)  # slower than the student, like the real one
+            yield word
+
+
+@pytest.fixture(scope="module")
+def fitted(ml100k, data_dir, tmp_path_factory):
+    """A root with real (1-epoch) SASRec `id`, SASRec `slim` and `match` checkpoints under runs/, as
+    `slim_train fit` writes them: the path the Space takes with assets/<ds>/checkpoints."""
     from slim.recommenders.train import FitConfig, fit
 
-    svc = DemoService(root=tmp_path, data_dir=data_dir)
+    root = tmp_path_factory.mktemp("fitted-root")
+    svc = DemoService(root=root, data_dir=data_dir)
     script_student(svc, ScriptedStudent())
     svc._teacher_checked = True
     item_text = svc.item_text("ml-100k")
     rng = np.random.default_rng(0)  # rationale vectors: any fixed [users, 384] matrix trains the fusion
     user_text = {s: rng.standard_normal((ml100k.n_users, item_text.shape[1])).astype(np.float32)
                  for s in ("valid", "test")}
-    ckpts = tmp_path / "runs" / "ml-100k" / "checkpoints"
-    fit(ml100k, FitConfig("sasrec", "id", epochs=1, eval_every=1), ckpts, progress=False)
-    fit(ml100k, FitConfig("sasrec", "slim", epochs=1, eval_every=1), ckpts, item_text=item_text,
-        user_text=user_text, progress=False)
+    ckpts = root / "runs" / "ml-100k" / "checkpoints"
+    dirs = {}
+    for cfg, kw in ((FitConfig("sasrec", "id", epochs=1, eval_every=1), {}),
+                    (FitConfig("sasrec", "slim", epochs=1, eval_every=1), dict(item_text=item_text, user_text=user_text)),
+                    (FitConfig("none", "match", epochs=1, eval_every=1), dict(item_text=item_text, user_text=user_text))):
+        fit(ml100k, cfg, ckpts, progress=False, **kw)
+        dirs[cfg.variant] = next(d.name for d in ckpts.iterdir() if d.name.startswith(f"{cfg.backbone}-{cfg.variant}-"))
+    return svc, dirs
+
+
+def test_dataset_user_is_ranked_by_a_fitted_slim_checkpoint(fitted):
+    """The primary list is the fitted SLIM model (named in its note), the plain SASRec beside it."""
+    svc, dirs = fitted
     ranked = svc.rank(svc.resolve("ml-100k", "196"), RATIONALE)
     assert [r.variant for r in ranked] == ["SLIM (SASRec)", "SASRec (plain backbone)"]
+    assert ranked[0].note.startswith(f"fitted SLIM checkpoint `{dirs['slim']}`")
+    assert ranked[1].note.startswith(f"fitted checkpoint `{dirs['id']}`")
     assert all(len(r.item_idx) == 10 for r in ranked)
+    assert ranked[0].item_idx != ranked[1].item_idx or ranked[0].scores != ranked[1].scores
+    assert not svc.refused
+    models = svc.models_markdown("ml-100k")
+    assert f"fitted SLIM (SASRec) `{dirs['slim']}` for dataset users" in models
+    assert f"fitted text matching `{dirs['match']}` for custom histories" in models
+
+
+def test_custom_history_is_ranked_by_the_fitted_match_projection(fitted):
+    svc, dirs = fitted
+    req = svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars"])
+    ranked = svc.rank(req, RATIONALE)
+    assert [r.variant for r in ranked] == [MATCH_LABEL]
+    assert ranked[0].note.startswith(f"fitted text-matching checkpoint `{dirs['match']}`")
+    assert not set(ranked[0].item_idx) & set(req.full_history)
+
+
+def test_refused_checkpoint_is_logged_once_and_the_next_is_used(fitted, tmp_path, caplog):
+    """A checkpoint whose item texts differ (here: a stored key edited) is refused with one log line
+    saying why, remembered (not retried per request), and the next best SLIM checkpoint ranks."""
+    import json
+    import logging
+    import shutil
+
+    svc, dirs = fitted
+    root = tmp_path / "root"
+    shutil.copytree(svc.root / "runs", root / "runs")
+    ckpts = root / "runs" / "ml-100k" / "checkpoints"
+    stale = ckpts / (dirs["slim"] + "-stale")
+    shutil.copytree(ckpts / dirs["slim"], stale)
+    record = json.loads((stale / "config.json").read_text())
+    record["key"]["item_text"] = {**record["key"]["item_text"], "sha256": "0000000000000000"}
+    record["valid_metrics"]["NDCG@10"] = 0.99  # tried first
+    (stale / "config.json").write_text(json.dumps(record))
+    other = DemoService(root=root, data_dir=svc.data_dir)
+    other._datasets, other._catalogues, other._item_text, other._encoder = (
+        svc._datasets, svc._catalogues, svc._item_text, svc._encoder)
+    with caplog.at_level(logging.WARNING, logger="slim.demo"):
+        for _ in range(2):
+            ranked = other.rank(other.resolve("ml-100k", "196"), RATIONALE)
+            assert ranked[0].variant == "SLIM (SASRec)" and f"`{dirs['slim']}`" in ranked[0].note
+    lines = [r.getMessage() for r in caplog.records if r.name == "slim.demo"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"checkpoint runs/ml-100k/checkpoints/{stale.name} not used: ValueError: ")
+    assert "item_text: the texts or encoder differ" in lines[0] and "\n" not in lines[0]
+    assert list(other.refused_for("ml-100k")) == [str(stale)]
+    info = other.describe(other.resolve("ml-100k", "196"), ranked)
+    assert f"_not used:_ `{stale.name}`" in info
+
+
+def test_old_format_checkpoint_is_refused_with_the_reason(fitted, tmp_path):
+    """A format-1 checkpoint (item texts keyed by the vector bytes) is refused, saying so, not silently."""
+    import json
+    import shutil
+
+    from slim.demo import CheckpointRefused
+
+    svc, dirs = fitted
+    old = tmp_path / "runs" / "ml-100k" / "checkpoints" / (dirs["match"] + "-format1")
+    shutil.copytree(svc.root / "runs" / "ml-100k" / "checkpoints" / dirs["match"], old)
+    record = json.loads((old / "config.json").read_text())
+    record["key"].update(format=1, item_text="0a22353a75e21e13")
+    (old / "config.json").write_text(json.dumps(record))
+    other = DemoService(root=tmp_path, data_dir=svc.data_dir)
+    other._datasets, other._item_text, other._encoder = svc._datasets, svc._item_text, svc._encoder
+    ck = other.checkpoints("ml-100k")[0]
+    with pytest.raises(CheckpointRefused, match="checkpoint format 1 keys its item texts by the bytes"):
+        other._module("ml-100k", ck, other.item_text("ml-100k"))
+    ranked = other.rank(other.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars"]), RATIONALE)
+    assert ranked[0].variant == UNTRAINED_LABEL
+    assert ranked[0].note.startswith("1 fitted checkpoint(s) were refused")
+
+
+def test_custom_history_streams_a_live_teacher_beside_the_student(service):
+    svc = DemoService(root=service.root, data_dir=service.data_dir)
+    svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
+    svc._encoder = service._encoder
+    script_student(svc, ScriptedStudent())
+    svc._teacher, svc._teacher_checked = ScriptedTeacher("Step 1: a teacher's view.\nStep 2: Drama.\nStep 3: Babe"), True
+    seen, last = [], None
+    for last in svc.run(svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars"]), min_interval=0):
+        seen.append((last.teacher.status, last.teacher.text))  # the columns are live objects: copy now
+    assert any(status == "running" and 0 < len(text) < 40 for status, text in seen)  # streamed, not dumped
+    assert last.teacher.status == "done" and last.teacher.model == "scripted-teacher"
+    assert "#### Step 1\na teacher's view." in last.teacher.markdown() and "tok/s" in last.teacher.markdown()
+    assert last.student.status == "done"
+
+
+def test_teacher_source_endpoint_first_then_installed_local(monkeypatch, service):
+    import slim.demo as demo
+
+    svc = DemoService(root=service.root, data_dir=service.data_dir)
+    monkeypatch.setattr(demo, "local_teacher_installed", lambda: True)
+    monkeypatch.setenv("SLIM_TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SLIM_TEACHER_MODEL", "qwen-test")
+    assert svc.teacher_source() == ("endpoint", "qwen-test at http://127.0.0.1:9/v1")
+    monkeypatch.delenv("SLIM_TEACHER_BASE_URL")
+    monkeypatch.delenv("SLIM_TEACHER_LOCAL", raising=False)
+    kind, path = svc.teacher_source()
+    assert kind == "local" and path.endswith("Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf")
+    monkeypatch.setenv("SLIM_TEACHER_LOCAL", "0")
+    assert svc.teacher_source() is None and "SLIM_TEACHER_LOCAL=0" in svc.teacher_help()
+    monkeypatch.delenv("SLIM_TEACHER_LOCAL")
+    monkeypatch.setattr(demo, "local_teacher_installed", lambda: False)
+    assert svc.teacher_source() is None
+    assert svc.teacher_help() == TEACHER_HELP and "python -m slim_train models --teacher" in TEACHER_HELP
+
+
+def test_find_reports_lists_every_shipped_report():
+    """On the repository's own assets/reports, not a fixture: the Results tab shows all of them."""
+    names = [r.dataset for r in find_reports()]
+    assert {"ml-100k", "amazon-video-games", "amazon-video-games-u500", "amazon-industrial-scientific"} <= set(names)
+    assert names[0] == "ml-100k" and len(names) == len(set(names))
+    games = next(r for r in find_reports() if r.dataset == "amazon-video-games")
+    assert games.source.parts[-3:] == ("reports", "amazon-video-games", "report.md") and games.markdown.strip()
+
+
+def test_find_reports_prefers_a_fresh_run(tmp_path):
+    (tmp_path / "assets" / "reports" / "ml-100k").mkdir(parents=True)
+    (tmp_path / "assets" / "reports" / "ml-100k" / "report.md").write_text("shipped")
+    (tmp_path / "runs" / "ml-100k").mkdir(parents=True)
+    (tmp_path / "runs" / "ml-100k" / "report.md").write_text("fresh")
+    assert [(r.dataset, r.markdown) for r in find_reports(tmp_path)] == [("ml-100k", "fresh")]
+
+
+def test_picker_offers_the_amazon_sets_whose_files_ship(data_dir):
+    """The repository's artefacts (student-games adapter, rationales) + the raw files -> in the picker."""
+    for name in ("amazon-video-games", "amazon-industrial-scientific"):
+        if not (data_dir / name / "raw").is_dir():
+            pytest.skip(f"{data_dir / name / 'raw'} not found")
+    svc = DemoService(data_dir=data_dir)
+    assert svc.available_datasets() == ["ml-100k", "amazon-video-games", "amazon-industrial-scientific"]
+    st = svc.dataset_status("amazon-video-games")
+    assert st.student == "assets/student-games/adapter.gguf"
+    assert "assets/rationales/amazon-video-games/teacher.jsonl" in st.rationales
+    assert "`assets/student-games/adapter.gguf`" in svc.models_markdown("amazon-video-games")
+
+
+def test_picker_leaves_out_a_dataset_without_raw_files_and_says_why(data_dir, tmp_path):
+    (tmp_path / "ml-100k").symlink_to(data_dir / "ml-100k")
+    svc = DemoService(data_dir=tmp_path)  # repository root: the artefacts ship, the Amazon raw files do not
+    assert svc.available_datasets() == ["ml-100k"]
+    md = svc.datasets_markdown()
+    assert "| amazon-video-games | no | `assets/student-games/adapter.gguf` |" in md
+    assert (f"- **amazon-video-games** is not in the picker: raw files not found in `{tmp_path}/amazon-video-games/raw` "
+            "(Games.item, Games-6k.test.inter); there is no downloader for the Amazon data") in md
+    with pytest.raises(UploadError, match="Unknown dataset"):
+        svc.resolve("amazon-video-games", "1")
