@@ -162,6 +162,66 @@ def sha256_array(a: np.ndarray | None) -> str | None:
     return h.hexdigest()[:16]
 
 
+def text_inputs_key(vectors: np.ndarray | None) -> dict | str | None:
+    """What a checkpoint records of one text input: the texts and encoder it came from.
+
+    ``slim.encoders.TextVectors`` carry that (``.provenance``), and then the key never depends on
+    the float bits (which differ across machines). Plain arrays (synthetic tests, hand-made
+    vectors) have no texts to name: their key is the hash of the values rounded to 4 decimals,
+    which a 1e-6 wobble rarely flips and a real change always does.
+    """
+    if vectors is None:
+        return None
+    prov = getattr(vectors, "provenance", None)
+    if prov:
+        return dict(prov)
+    a = np.round(np.ascontiguousarray(vectors, dtype=np.float64), 4) + 0.0  # + 0.0: no -0.0
+    return "rounded:" + sha256_array(a.astype(np.float32))
+
+
+PROBE_ROWS, PROBE_DIMS, PROBE_ATOL = 8, 16, 1e-3
+
+
+def vector_probe(vectors: np.ndarray | None) -> dict | None:
+    """A few rows of the vectors, rounded: stored beside a key, checked with a tolerance on load.
+
+    Why: the key says the texts match; the probe says the encoder still turns them into (nearly)
+    the same numbers, so a different encoder build that moved the vectors is caught, and a 1e-6
+    difference is not. Rows are the first non-zero ones spread over the matrix.
+    """
+    if vectors is None:
+        return None
+    a = np.asarray(vectors, dtype=np.float32)
+    nonzero = np.flatnonzero(np.abs(a).sum(axis=1) > 0) if a.ndim == 2 else np.array([], dtype=np.int64)
+    rows = nonzero[np.linspace(0, len(nonzero) - 1, min(PROBE_ROWS, len(nonzero))).astype(int)] if len(nonzero) else []
+    return {"rows": [int(r) for r in rows],
+            "values": [[round(float(x), 5) for x in a[r, :PROBE_DIMS]] for r in rows]}
+
+
+def probe_mismatch(probe: dict | None, vectors: np.ndarray | None) -> str | None:
+    """None when ``vectors`` agree with a stored probe within ``PROBE_ATOL``; else what differs."""
+    if not probe or vectors is None:
+        return None
+    a = np.asarray(vectors, dtype=np.float32)
+    for r, stored in zip(probe["rows"], probe["values"]):
+        if r >= len(a):
+            return f"row {r} is missing (the matrix has {len(a)} rows)"
+        diff = float(np.max(np.abs(a[r, :len(stored)] - np.asarray(stored, dtype=np.float32))))
+        if diff > PROBE_ATOL:
+            return f"row {r} differs by {diff:.2g} (tolerance {PROBE_ATOL:g}): another encoder or encoder build"
+    return None
+
+
+def changed_rows(stored: list[str] | None, vectors: np.ndarray | None, limit: int = 5) -> list[int]:
+    """Rows whose text digest differs between a checkpoint's record and ``vectors`` (TextVectors)."""
+    now = getattr(vectors, "row_digests", None)
+    if not stored or now is None:
+        return []
+    rows = [i for i, (a, b) in enumerate(zip(stored, now)) if a != b]
+    rows += list(range(min(len(stored), len(now)), max(len(stored), len(now))))
+    return rows[:limit]
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

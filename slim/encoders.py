@@ -174,9 +174,49 @@ class TextEncoder:
         return out
 
 
-def item_text_matrix(dataset: "SequentialDataset", encoder: TextEncoder) -> np.ndarray:
+class TextVectors(np.ndarray):
+    """Float vectors that remember which texts and which encoder made them (``.provenance``).
+
+    Why: a fitted model is keyed by what went into it. The vectors of the same texts differ in the
+    last bits across machines, thread counts and library builds, so a key on their bytes refuses a
+    shipped checkpoint everywhere but on the box that made it. The texts do not change, so the key
+    names them (``slim.artifacts.text_inputs_key``). A plain ndarray subclass, so every consumer
+    that wants numbers still gets numbers; anything derived from it (a slice, ``v * 0.5``) loses
+    the provenance, because it is no longer the encoding of those texts.
+
+    ``provenance``: ``{"encoder": model id, "sha256": hash of the (row, text) list, "rows", "dim"}``.
+    ``row_digests``: a short hash per row ("" where the row has no text), kept beside the key so a
+    refusal can say which item or user changed.
+    """
+
+    provenance: dict | None
+    row_digests: list[str] | None
+
+    def __new__(cls, vectors: np.ndarray, encoder_id: str, texts: Sequence[str | None]) -> "TextVectors":
+        obj = np.ascontiguousarray(vectors, dtype=np.float32).view(cls)
+        if len(texts) != obj.shape[0]:
+            raise ValueError(f"{len(texts)} texts for {obj.shape[0]} vector rows")
+        obj.row_digests = ["" if t is None else text_sha(t)[:8] for t in texts]
+        obj.provenance = {
+            "encoder": encoder_id,
+            "sha256": hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()[:16],
+            "rows": int(obj.shape[0]),
+            "dim": int(obj.shape[1]) if obj.ndim > 1 else 0,
+        }
+        return obj
+
+    def __array_finalize__(self, obj) -> None:
+        self.provenance = None  # derived arrays are not the encoding of the named texts
+        self.row_digests = None
+
+
+def item_text_matrix(dataset: "SequentialDataset", encoder: TextEncoder) -> TextVectors:
     """``[n_items + 1, D]`` vectors of each item's ``text`` column; row 0 (padding) is zeros."""
-    vecs = encoder.encode(dataset.items["text"].astype(str).tolist())
+    texts = dataset.items["text"].astype(str).tolist()
+    vecs = encoder.encode(texts)
     out = np.zeros((dataset.n_items + 1, vecs.shape[1]), dtype=np.float32)
+    rows: list[str | None] = [None] * (dataset.n_items + 1)
+    for idx, t in zip(dataset.items.index.to_numpy(), texts):
+        rows[int(idx)] = t
     out[dataset.items.index.to_numpy()] = vecs
-    return out
+    return TextVectors(out, encoder.model_id, rows)

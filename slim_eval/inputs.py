@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from slim.data import SequentialDataset
+from slim.encoders import TextVectors
 from slim.rationales import rationale_text  # noqa: F401  (re-exported: the one definition)
 
 SPLITS = ("valid", "test")
@@ -111,7 +112,11 @@ def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None 
         out = np.zeros((dataset.n_users, dim or 384), dtype=np.float32)
         if where:
             out[np.asarray(where)] = vecs
-        vectors[split] = out
+        # named by the texts (user id + rationale), not the float bits: see slim.encoders.TextVectors
+        per_user: list[str | None] = [None] * dataset.n_users
+        for u, t in pairs:
+            per_user[u] = f"{dataset.user_ids[u]}\t{t}"
+        vectors[split] = TextVectors(out, encoder.model_id, per_user)
         coverage[split] = len(where) / max(dataset.n_users, 1)
     return UserText(vectors, coverage, str(path))
 

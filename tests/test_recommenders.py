@@ -212,3 +212,99 @@ def test_srgnn_fast_last_position_equals_full_forward(small, item_text, user_tex
     seq = torch.as_tensor(history_matrix(small, np.arange(9), "test", 20))
     uvec = torch.as_tensor(user_text["test"][:9]) if variant == "slim" else None
     torch.testing.assert_close(m.last_hidden(seq, uvec), m.hidden(seq, uvec)[:, -1], rtol=0, atol=1e-5)
+
+
+# ---- provenance: checkpoints are keyed by the texts and encoder, not by the float bits ------
+
+def _item_texts(ds) -> list:
+    """The (row -> text) list ``item_text_matrix`` names its vectors by (row 0: padding, no text)."""
+    rows = [None] * (ds.n_items + 1)
+    for idx, t in zip(ds.items.index.to_numpy(), ds.items["text"].astype(str)):
+        rows[int(idx)] = t
+    return rows
+
+
+def _same_texts(vectors, ds, values=None, texts=None):
+    """TextVectors with the provenance of ``vectors`` (same encoder, ``texts``) but other ``values``."""
+    from slim.encoders import TextVectors
+
+    return TextVectors(np.asarray(vectors) if values is None else values, vectors.provenance["encoder"],
+                       _item_texts(ds) if texts is None else texts)
+
+
+@pytest.fixture(scope="module")
+def text_fit(small, item_text, tmp_path_factory):
+    """One real SASRec+ (item text) fit on MiniLM vectors, 2 epochs."""
+    root = tmp_path_factory.mktemp("prov")
+    cfg = FitConfig(backbone="sasrec", variant="text", epochs=2, eval_every=1, **FAST)
+    return cfg, root, fit(small, cfg, root, item_text=item_text, progress=False)
+
+
+def test_vectors_wobbling_in_the_last_bits_still_reuse_the_checkpoint(small, item_text, text_fit):
+    """Another machine encodes the same titles 1e-6 apart: the checkpoint still loads and fit() reuses it."""
+    cfg, root, fm = text_fit
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-1e-6, 1e-6, size=item_text.shape).astype(np.float32)
+    noise[0] = 0.0  # the padding row stays zeros, as item_text_matrix writes it
+    wobbly = _same_texts(item_text, small, np.asarray(item_text) + noise)
+    assert not np.array_equal(np.asarray(wobbly), np.asarray(item_text))  # the bytes differ
+    record = json.loads((fm.checkpoint_dir / "config.json").read_text())
+    loaded = load_fitted(fm.checkpoint_dir, small, item_text=wobbly)
+    users = torch.arange(small.n_users)
+    torch.testing.assert_close(loaded.score(users, "test"), fm.score(users, "test"), atol=1e-4, rtol=0)
+    again = fit(small, cfg, root, item_text=wobbly, progress=False)
+    assert again.checkpoint_dir == fm.checkpoint_dir  # same key: the same directory, not a new fit
+    assert again.record["created"] == record["created"]  # and not retrained into it
+    assert sorted(p.name for p in root.iterdir()) == [fm.checkpoint_dir.name]
+
+
+def test_a_changed_item_title_is_refused_naming_the_item_row(small, item_text, text_fit):
+    _, _, fm = text_fit
+    texts = _item_texts(small)
+    texts[7] = texts[7] + " (director's cut)"
+    changed = _same_texts(item_text, small, texts=texts)  # same vectors, one title differs
+    with pytest.raises(ValueError, match=r"item_text: the texts or encoder differ.*item rows: \[7\]"):
+        load_fitted(fm.checkpoint_dir, small, item_text=changed)
+
+
+def test_vectors_moved_beyond_the_tolerance_are_refused_by_the_probe(small, item_text, text_fit):
+    """Same texts, same encoder name, but the numbers moved (another encoder build): refused, not reused."""
+    from slim.artifacts import PROBE_ATOL
+
+    cfg, root, fm = text_fit
+    moved_values = np.asarray(item_text).copy()
+    moved_values[1:] += 5 * PROBE_ATOL
+    moved = _same_texts(item_text, small, moved_values)
+    with pytest.raises(ValueError, match=r"item_text vectors are not the ones it was trained on: row \d+ differs"):
+        load_fitted(fm.checkpoint_dir, small, item_text=moved)
+    with pytest.raises(ValueError, match="refit"):  # fit() refuses too rather than loading wrong inputs
+        fit(small, cfg, root, item_text=moved, progress=False)
+
+
+def test_a_changed_rationale_is_refused_naming_the_split_and_the_user(small, item_text, tmp_path):
+    """Real rationale file -> slim_eval.inputs.user_text (MiniLM) -> a match fit; one user's valid text edited."""
+    from slim.encoders import TextEncoder
+    from slim_eval.inputs import user_text as encode_rationales
+
+    rows = []
+    for u, uid in enumerate(small.user_ids):
+        for split in ("valid", "test"):
+            steps = [f"enjoys {small.items.loc[small.history(u, split)[-1], 'title']}", "Drama", "Titanic (1997)"]
+            rows.append({"user_id": str(uid), "split": split, "status": "ok", "steps": steps,
+                         "rationale": "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps))})
+    path = tmp_path / "student.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    enc = TextEncoder()
+    ut = encode_rationales(small, path, enc)
+    cfg = FitConfig(variant="match", epochs=1, eval_every=1, **FAST)
+    fm = fit(small, cfg, tmp_path / "ck", item_text=item_text, user_text=ut.vectors, progress=False)
+    load_fitted(fm.checkpoint_dir, small, item_text=item_text, user_text=ut.vectors)  # unchanged: loads
+
+    k = 13
+    edit = next(r for r in rows if r["user_id"] == str(small.user_ids[k]) and r["split"] == "valid")
+    edit["steps"] = [edit["steps"][0] + " and westerns", *edit["steps"][1:]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    changed = encode_rationales(small, path, enc)
+    with pytest.raises(ValueError, match=rf"user_text/valid: the texts or encoder differ.*user rows: \[{k}\]") as e:
+        load_fitted(fm.checkpoint_dir, small, item_text=item_text, user_text=changed.vectors)
+    assert "user_text/test" not in str(e.value)  # the test split's texts did not change

@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slim.artifacts import code_version, sha256_array
+from slim.artifacts import changed_rows, code_version, probe_mismatch, text_inputs_key, vector_probe
 from slim.data import SequentialDataset, Split
 from slim.metrics import dataset_fingerprint, evaluate
 from slim.recommenders import BACKBONES, USER_TEXT_VARIANTS, VARIANTS, build_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: text inputs keyed by their texts + encoder, not by the vectors' bytes
 DEFAULT_LAYERS = {"sasrec": 2, "gru4rec": 1, "srgnn": 1}
 # SR-GNN's all-position readout costs O(L^2 d) per sequence: at L=50 one batch took 5x SASRec's time
 # (measured, 1 thread), at L=20 1.4x. SR-GNN is a session model; 20 recent items is its session here.
@@ -197,21 +197,75 @@ class NegativeSampler:
 # provenance
 # ---------------------------------------------------------------------------------------
 
-# one provenance mechanism (slim.artifacts): the same hashes name checkpoints and eval files
-array_sha = sha256_array
-
-
 def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_text) -> dict[str, Any]:
-    """What must match for a checkpoint to be reused (code version is recorded, not matched)."""
+    """What must match for a checkpoint to be reused (code version is recorded, not matched).
+
+    Text inputs are named by their texts and encoder (``slim.artifacts.text_inputs_key``), never by
+    the bytes of the vectors: the same titles encode to slightly different floats on another
+    machine, and a shipped checkpoint must load there. The vectors themselves are checked against
+    a stored probe with a tolerance (:func:`text_inputs_check`).
+    """
     needs_items = cfg.variant != "id"
     needs_users = cfg.variant in USER_TEXT_VARIANTS
     return {
         "format": FORMAT_VERSION,
         "config": asdict(cfg),
         "dataset": {"name": dataset.name, "fingerprint": dataset_fingerprint(dataset), "n_items": dataset.n_items},
-        "item_text": array_sha(item_text) if needs_items else None,
-        "user_text": ({s: array_sha(v) for s, v in sorted(user_text.items())} if needs_users and user_text else None),
+        "item_text": text_inputs_key(item_text) if needs_items else None,
+        "user_text": ({s: text_inputs_key(v) for s, v in sorted(user_text.items())}
+                      if needs_users and user_text else None),
     }
+
+
+def _text_inputs(item_text, user_text) -> dict[str, Any]:
+    """The named text inputs of a fit, as ``{"item_text": vectors, "user_text/<split>": vectors}``."""
+    out = {"item_text": item_text} if item_text is not None else {}
+    for split, v in sorted((user_text or {}).items()):
+        out[f"user_text/{split}"] = v
+    return out
+
+
+def text_inputs_record(item_text, user_text) -> dict[str, Any]:
+    """Stored beside the key: per input a probe of the vectors and a digest per row (texts)."""
+    return {name: {"probe": vector_probe(v), "row_digests": getattr(v, "row_digests", None)}
+            for name, v in _text_inputs(item_text, user_text).items()}
+
+
+def text_inputs_check(record: dict, key: dict, item_text, user_text, where: str) -> None:
+    """Refuse, saying which input and which rows changed, when ``key`` differs from ``record``'s.
+
+    Rows are item indices for ``item_text`` and user indices for ``user_text/<split>``.
+    """
+    stored_key, stored_inputs = record["key"], record.get("text_inputs") or {}
+    inputs = _text_inputs(item_text, user_text)
+    problems = []
+    for field_name in key:
+        if key[field_name] == stored_key.get(field_name):
+            continue
+        if field_name not in ("item_text", "user_text"):
+            problems.append(f"{field_name} differs")
+            continue
+        for name, v in inputs.items():
+            if not name.startswith(field_name):
+                continue
+            split = name.split("/", 1)[1] if "/" in name else None
+            now = key[field_name][split] if split else key[field_name]
+            then = (stored_key.get(field_name) or {}).get(split) if split else stored_key.get(field_name)
+            if now != then:
+                rows = changed_rows((stored_inputs.get(name) or {}).get("row_digests"), v)
+                what = "item" if field_name == "item_text" else "user"
+                detail = f" (first changed {what} rows: {rows})" if rows else ""
+                problems.append(f"{name}: the texts or encoder differ from the ones it was trained on{detail}")
+        if not problems:
+            problems.append(f"{field_name} differs")
+    if problems:
+        raise ValueError(f"{where}: refused, inputs differ from the checkpoint's provenance: " + "; ".join(problems)
+                         + ". Fix: pass the same texts, or refit (slim_eval --refit)")
+    for name, v in inputs.items():
+        why = probe_mismatch((stored_inputs.get(name) or {}).get("probe"), v)
+        if why:
+            raise ValueError(f"{where}: refused, {name} vectors are not the ones it was trained on: {why}. "
+                             "Fix: use the encoder the checkpoint names, or refit (slim_eval --refit)")
 
 
 def _key_hash(key: dict) -> str:
@@ -245,9 +299,7 @@ def load_fitted(
     record = json.loads((checkpoint_dir / "config.json").read_text())
     cfg = FitConfig(**record["key"]["config"])
     key = checkpoint_key(dataset, cfg, item_text, user_text)
-    if key != record["key"]:
-        diff = [k for k in key if key[k] != record["key"].get(k)]
-        raise ValueError(f"{checkpoint_dir}: inputs differ from the checkpoint's provenance in {diff}")
+    text_inputs_check(record, key, item_text, user_text, str(checkpoint_dir))
     model = _build(cfg, dataset, item_text, user_text)
     model.load_state_dict(load_file(str(checkpoint_dir / "model.safetensors")))
     model.eval()
@@ -374,6 +426,7 @@ def fit(
     record = {
         "complete": True,
         "key": key,
+        "text_inputs": text_inputs_record(item_text, user_text),
         "name": cfg.name,
         "dataset_stats": dataset.stats(),
         "code_version": code_version(),
