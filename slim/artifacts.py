@@ -68,6 +68,9 @@ class RunLayout:
     # another run's directory whose rationales/ this run reads: a user sample evaluated in its own
     # directory (its own checkpoints, per-user files, report) shares the rationale files
     rationales_from: Path | None = None
+    # the dataset name: where the repository's shipped artefacts for it live (assets/rationales/<name>/,
+    # assets/<name>/checkpoints/); None (a bare RunLayout(root)) reads only what is under root
+    dataset: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -76,8 +79,25 @@ class RunLayout:
 
     @classmethod
     def for_dataset(cls, dataset: str, out: str | Path | None = None,
-                    rationales_from: str | Path | None = None) -> "RunLayout":
-        return cls(Path(out) if out else default_run_dir(dataset), rationales_from)
+                    rationales_from: str | Path | None = None, shipped: bool = True) -> "RunLayout":
+        """``shipped=False``: read only the run's own files, never the repository's ``assets/``."""
+        return cls(Path(out) if out else default_run_dir(dataset), rationales_from, dataset if shipped else None)
+
+    # ---- shipped with the repository (read only) ----------------------------------------
+    @property
+    def shipped_rationales_dir(self) -> Path | None:
+        """``assets/rationales/<dataset>/``: the rationale files a fresh clone reads (see its README)."""
+        return REPO_ROOT / "assets" / "rationales" / default_run_dir(self.dataset).name if self.dataset else None
+
+    @property
+    def shipped_checkpoints_dir(self) -> Path | None:
+        """``assets/<dataset>/checkpoints/``: fitted models ``fit(reuse_from=...)`` loads instead of training."""
+        return REPO_ROOT / "assets" / default_run_dir(self.dataset).name / "checkpoints" if self.dataset else None
+
+    @property
+    def hub_fits_dir(self) -> Path:
+        """Where ``slim_eval --fits-from-hub`` downloads a published set of checkpoints."""
+        return self.root / "hub-fits"
 
     # ---- producers' outputs ------------------------------------------------------------
     @property
@@ -94,9 +114,39 @@ class RunLayout:
         """The distilled student's metrics.json (its training users): next to the rationales it wrote."""
         return self.producers_root / "distill" / "adapter" / "metrics.json"
 
-    def rationales(self, name: str) -> Path:
-        """``teacher`` / ``student`` (or any other reasoner name) -> its JSONL."""
+    def own_rationales(self, name: str) -> Path:
+        """``<producers root>/rationales/<file>``: where ``slim_train teach``/``reason`` write ``name``."""
         return self.rationales_dir / RATIONALE_FILES.get(name, f"{name}.jsonl")
+
+    def rationales(self, name: str) -> Path:
+        """The JSONL a reader uses for ``teacher`` / ``student`` (or any other reasoner name).
+
+        The run's own file when it exists; else the repository's shipped copy
+        (``assets/rationales/<dataset>/<file>``) when there is one, so a fresh clone measures SLIM
+        without hours of teacher and student time; else the own path (missing: the caller names the
+        command that makes it). :meth:`is_shipped` tells a report which one it read.
+        """
+        own = self.own_rationales(name)
+        if own.exists() or self.shipped_rationales_dir is None:
+            return own
+        shipped = self.shipped_rationales_dir / own.name
+        return shipped if shipped.exists() else own
+
+    def is_shipped(self, path: str | Path) -> bool:
+        """True when ``path`` is one of the repository's shipped artefacts (under ``assets/``)."""
+        try:
+            Path(path).resolve().relative_to((REPO_ROOT / "assets").resolve())
+            return True
+        except ValueError:
+            return False
+
+    def rationale_files(self) -> list[Path]:
+        """Every rationale JSONL a reader sees: the run's own, plus shipped ones of names it lacks."""
+        own = sorted(self.rationales_dir.glob("*.jsonl")) if self.rationales_dir.is_dir() else []
+        shipped_dir = self.shipped_rationales_dir
+        shipped = sorted(shipped_dir.glob("*.jsonl")) if shipped_dir is not None and shipped_dir.is_dir() else []
+        names = {p.name for p in own}
+        return own + [p for p in shipped if p.name not in names]
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -1,11 +1,18 @@
 """``python -m slim_eval --split test``: fit what is missing, measure every model once, print one table.
 
-Defaults reproduce the paper's grid on ML-100K: backbones sasrec,gru4rec,srgnn x every variant
-whose artefacts exist (``--variants auto``: id and text always; teacher, slim and the match family
-when their rationale files cover the users, else the report names the command that makes them)
-x 5 seeds, under full ranking and 100 sampled negatives. Everything is resumable: finished
-checkpoints (``checkpoints/``) and finished measurements (``eval/``) are reused when their
-provenance matches, so a killed run loses at most the model it was training.
+Defaults reproduce the paper's grid on ML-100K: backbones sasrec,gru4rec,srgnn x the reported
+variants whose artefacts exist (``--variants auto``: id and text always; teacher, slim and the
+match family when their rationale files cover the users, else the report names the command that
+makes them; the Step-3 post-filtered ``*-clean`` variants only when named) x 5 seeds, under full
+ranking and 100 sampled negatives. Everything is resumable: finished checkpoints
+(``checkpoints/``) and finished measurements (``eval/``) are reused when their provenance matches,
+so a killed run loses at most the model it was training.
+
+A fresh clone needs no teacher, student or training time: rationale files missing from
+``runs/<dataset>/rationales/`` are read from ``assets/rationales/<dataset>/``, and checkpoints
+shipped in ``assets/<dataset>/checkpoints/`` (or downloaded with ``--fits-from-hub``) are loaded
+when their provenance matches; the report names every file it used. ``--no-shipped`` ignores
+``assets/``; ``--refit`` trains every model again into ``runs/``.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 shared cores: spinning threads collapse throughput
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only --fits-from-hub goes online (slim_eval.pipeline.fetch_fits)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse
@@ -38,8 +45,9 @@ PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "
 # costs ~5-11 s here, so 3,000 users x 2 splits would be 8-19 h of teacher time.
 REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"  # the issue's
 TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"
+CLEAN_VARIANTS = "slim-clean,match-clean"  # Step 3 post-filtered (ours): in the ML-100K report, named explicitly
 REPORTED_RUNS: dict[str, list[str]] = {
-    "ml-100k": ["--dataset", "ml-100k"],  # every variant with artefacts (auto), incl. the Step-3 post-filtered ones
+    "ml-100k": ["--dataset", "ml-100k", "--variants", f"{REPORTED_VARIANTS},{CLEAN_VARIANTS}"],
     # the Amazon reports hold the issue's variants; `auto` would also fit the *-clean extras (hours more)
     "amazon-video-games": ["--dataset", "amazon-video-games", "--users", "3000", "--variants", REPORTED_VARIANTS],
     # the 500-user sample with teacher rationales on both splits; student rationales come from the main run's file
@@ -97,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="default: $SLIM_DATA_DIR, else ../shared/data")
     p.add_argument("--backbones", default="sasrec,gru4rec,srgnn")
     p.add_argument("--variants", default="auto",
-                   help="auto (every variant whose rationales exist) or a comma list of " + ",".join(VARIANT_NAMES))
+                   help=f"auto (the reported variants {REPORTED_VARIANTS} whose rationales exist; the *-clean "
+                   "ones only when named) or a comma list of " + ",".join(VARIANT_NAMES))
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping on valid NDCG@10)")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_CHOICES), default="both")
@@ -112,12 +121,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     p.add_argument("--rationales", action="store_true", help="report rationale quality only (no fitting)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs)")
+    p.add_argument("--refit", action="store_true",
+                   help="train every model again into <out>/checkpoints (no checkpoint is reused)")
+    p.add_argument("--no-shipped", action="store_true",
+                   help="ignore the repository's assets/ (rationales and checkpoints): only <out>'s own files")
+    p.add_argument("--fits-from-hub", default=None, metavar="REPO_ID",
+                   help="download a published set of checkpoints (python -m slim_train fits publish) into "
+                   "<out>/hub-fits/ and reuse them; $SLIM_FITS_REPO does the same when assets/<dataset>/"
+                   "checkpoints is missing")
     p.add_argument("--results-md", action="store_true",
                    help="write docs/RESULTS.md, docs/HISTORY.md and README.md's results block from assets/reports")
     args = p.parse_args(argv)
-    # auto: ask for every variant; run_grid skips a rationale variant whose file is missing or
-    # covers too few users, and the report says which command would make it
-    names = VARIANT_NAMES if args.variants.strip() == "auto" else args.variants.split(",")
+    # auto: ask for every reported variant; run_grid skips a rationale variant whose file is missing
+    # or covers too few users, and the report says which command would make it
+    names = REPORTED_VARIANTS.split(",") if args.variants.strip() == "auto" else args.variants.split(",")
     args.variant_list = [v.strip() for v in names if v.strip()]
     for v in args.variant_list:
         try:
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     torch.set_num_threads(max(1, args.threads))
     from .pipeline import load_data, rationale_report, run_grid
 
-    layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from)
+    layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from, shipped=not args.no_shipped)
     if args.rationales:
         from slim.data import load_dataset
 
@@ -176,11 +193,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     protocols = PROTOCOL_CHOICES[args.protocol]
     cmd = command_line(argv)
     data_stats = dataset.stats()
+    sources: dict = {}  # run_grid fills: which rationale files and checkpoint roots this run read
 
     def write(results, notes, final: bool = False) -> dict:
         report = build_report(dataset.name, args.split, protocols, user_sample, results, data_stats)
         if args.rationales_from:  # so that `regenerate` reads the same rationale files
             report["rationales_from"] = str(args.rationales_from)
+        report.update({k: v for k, v in sources.items() if v})
         write_json(layout.report(args.split, "json"), report)
         status = "" if final else " (in progress: the grid is still running)"
         extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         layout.report(args.split, "md").write_text(markdown(layout, report, cmd, [*notes, *extra]), encoding="utf-8")
         return report
 
-    seed_results, notes = run_grid(args, layout, dataset, protocols, on_model=write)
+    seed_results, notes = run_grid(args, layout, dataset, protocols, on_model=write, sources=sources)
     if not seed_results:
         print("nothing was measured (every requested variant was skipped)")
         return None

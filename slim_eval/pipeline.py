@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from slim.artifacts import RunLayout, make_record, save_npz, write_json
+from slim.artifacts import REPO_ROOT, RunLayout, make_record, save_npz, write_json
 from slim.data import SequentialDataset, load_dataset, sample_users
 from slim.metrics import dataset_fingerprint, item_popularity, sampled_negatives
 
@@ -56,6 +58,68 @@ class Inputs:
         return self._user_text[key]
 
 
+def shown(path: str | Path) -> str:
+    """A path as a report prints it: relative to the repository when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def rationale_source(layout: RunLayout, name: str) -> str:
+    """``<path>`` of the file a rationale variant reads, saying when it is the repository's copy."""
+    path = layout.rationales(name)
+    if layout.is_shipped(path):
+        return f"{shown(path)} (shipped with the repository; {shown(layout.own_rationales(name))} is missing)"
+    return shown(path)
+
+
+FIT_FILES = ["*/config.json", "*/model.safetensors", "README.md"]
+
+
+def fetch_fits(repo_id: str, dest: Path, endpoint: str | None = None) -> Path:
+    """``snapshot_download`` of a published checkpoint set (slim_train fits publish) into ``dest``.
+
+    slim_eval runs with ``HF_HUB_OFFLINE=1`` (nothing else it does needs the Hub); asking for a
+    Hub repo is asking for this one download, so it is made online. When the Hub cannot be reached,
+    huggingface_hub falls back to what ``dest`` already holds. Endpoint: ``endpoint``, else
+    ``HF_ENDPOINT``; a token, if the repo is private, is huggingface_hub's own (``HF_TOKEN``).
+    """
+    from huggingface_hub import constants, snapshot_download
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        snapshot_download(repo_id, repo_type="model", local_dir=str(dest), allow_patterns=FIT_FILES,
+                          endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None)
+    finally:
+        constants.HF_HUB_OFFLINE = before
+    return dest
+
+
+def fit_roots(args: argparse.Namespace, layout: RunLayout) -> tuple[list[Path], list[str]]:
+    """Read-only checkpoint roots ``fit`` may load from (after ``<out>/checkpoints``), and notes saying so.
+
+    ``assets/<dataset>/checkpoints`` (unless ``--no-shipped``); then a Hub set: ``--fits-from-hub``
+    always, ``$SLIM_FITS_REPO`` only when nothing is shipped for the dataset.
+    """
+    roots, notes = [], []
+    shipped = layout.shipped_checkpoints_dir
+    if shipped is not None and any(shipped.glob("*/config.json")):
+        roots.append(shipped)
+    repo = getattr(args, "fits_from_hub", None) or (os.environ.get("SLIM_FITS_REPO") if not roots else None)
+    if repo:
+        print(f"fits: downloading {repo} into {shown(layout.hub_fits_dir)}", flush=True)
+        roots.append(fetch_fits(repo, layout.hub_fits_dir))
+    for r in roots:
+        n = len(list(r.glob("*/config.json")))
+        notes.append(f"checkpoints: {n} fitted models available read-only in {shown(r)}"
+                     + (f" (Hub repo {repo})" if r == layout.hub_fits_dir else "")
+                     + "; one whose provenance matches is loaded instead of trained")
+    return roots, notes
+
+
 def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> str | None:
     """Why a variant cannot be fitted yet, with the command that makes its input; None if it can."""
     if s.rationales is None:
@@ -78,7 +142,7 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
 
 def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset, protocols: list[str],
              on_model: Callable[[list[SeedResult], list[str]], None] | None = None,
-             ) -> tuple[list[SeedResult], list[str]]:
+             sources: dict | None = None) -> tuple[list[SeedResult], list[str]]:
     """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes.
 
     ``on_model(results_so_far, notes)`` runs after each model from the first one that measured
@@ -86,6 +150,9 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
     leaves a table of what finished, reused rows included). Until then the previous report stands:
     rebuilding report.md (bootstrap, plots) after each of the 105 reused ML-100K models dominated a
     pure regeneration (bench/regenerate_reports.py).
+
+    ``sources`` (filled in place, for report.json): ``rationale_files`` {reasoner: path read} and
+    ``checkpoints_from`` {root: models loaded from it} for roots other than ``<out>/checkpoints``.
     """
     from slim.recommenders.train import FitConfig, fit
 
@@ -100,6 +167,18 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             notes.append(why)
         else:
             ready.append(s)
+    sources = {} if sources is None else sources
+    sources["rationale_files"] = {}
+    for name in sorted({s.rationales for s in ready if s.rationales}):
+        sources["rationale_files"][name] = shown(layout.rationales(name))
+        note = f"rationales ({name}): {rationale_source(layout, name)}"
+        print(note, flush=True)
+        notes.append(note)
+    roots, root_notes = ([], []) if getattr(args, "refit", False) else fit_roots(args, layout)
+    for n in root_notes:
+        print(n, flush=True)
+    notes.extend(root_notes)
+    sources["checkpoints_from"] = {}
     # seed-major: after k seeds every row of the table exists with k seeds, so a grid stopped
     # early (or still running) already gives a complete, if noisier, table
     plan = [(s, backbone, seed) for seed in range(args.seeds) for s in ready
@@ -122,7 +201,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         if s.rationales:
             ut = feed.user_text(s)
             user_text = ut.vectors
-            note = (f"{s.name}: rationale vectors from {ut.source} (step {s.step or '1-3'}{', post-filtered' if s.clean_step3 else ''}), coverage "
+            note = (f"{s.name}: rationale vectors from {shown(ut.source)} (step {s.step or '1-3'}{', post-filtered' if s.clean_step3 else ''}), coverage "
                     + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ut.coverage.items()) + "; missing users get zeros")
             if note not in notes:
                 notes.append(note)
@@ -131,14 +210,18 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
             cfg_kwargs["epochs"] = args.epochs
         cfg = FitConfig(**cfg_kwargs)
         fitted = fit(dataset, cfg, layout.checkpoints_dir, item_text=item_text, user_text=user_text,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, force=getattr(args, "refit", False), reuse_from=roots)
         fit_s = time.perf_counter() - t0
+        where = fitted.checkpoint_dir.parent
+        if where != layout.checkpoints_dir:
+            sources["checkpoints_from"][shown(where)] = sources["checkpoints_from"].get(shown(where), 0) + 1
         conf = {k: v for k, v in fitted.record["key"]["config"].items() if k not in ("seed", "variant", "tag")}
         note = f"FitConfig {backbone}: " + ", ".join(f"{k}={v}" for k, v in conf.items() if k != "backbone")
         if not any(n.startswith(f"FitConfig {backbone}:") for n in notes):
             notes.append(note)
         line = [f"[{i}/{len(plan)}] {name}: best epoch {fitted.best_epoch}"
-                f" (valid NDCG@10 {100 * fitted.valid_metrics.get('NDCG@10', float('nan')):.2f}), {fit_s:.1f} s"]
+                f" (valid NDCG@10 {100 * fitted.valid_metrics.get('NDCG@10', float('nan')):.2f}), {fit_s:.1f} s"
+                + (f", loaded from {shown(where)}" if where != layout.checkpoints_dir else "")]
         for protocol in protocols:
             metrics, path, reused = evaluate_fitted(fitted, dataset, args.split, protocol, layout, name,
                                                     negatives=negatives, popularity=popularity)
@@ -149,6 +232,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         report_live |= not all(r.reused for r in results[-len(protocols):])
         if on_model is not None and report_live:  # once a report was rebuilt, it keeps every later model
             on_model(results, notes)
+    for root, n in sources["checkpoints_from"].items():
+        notes.append(f"checkpoints: {n} of {len(plan)} models were loaded from {root} (not trained here)")
     return results, notes
 
 
@@ -193,7 +278,7 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
         print("rationale quality: slim/rationale_quality.py is missing (expected "
               "quality_report(dataset, path, reference_path=None) -> dict); nothing to report")
         return None
-    files = sorted(layout.rationales_dir.glob("*.jsonl")) if layout.rationales_dir.is_dir() else []
+    files = layout.rationale_files()  # the run's own, plus shipped ones of names it lacks
     if not files:
         print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
               f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")

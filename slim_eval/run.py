@@ -48,6 +48,10 @@ def eval_key(fitted, dataset: SequentialDataset, split: str, protocol: str) -> d
         "split": split,
         "protocol": protocol,
     }
+    # fp16 weights (shipped by slim_train fits export) rank a few ties differently from the fp32
+    # run that made them: their measurements are their own (fp32 keys stay as they were)
+    if fitted.record.get("weights_dtype", "float32") != "float32":
+        key["weights_dtype"] = fitted.record["weights_dtype"]
     if protocol == "sampled":
         key["negatives"] = {"n": N_NEGATIVES, "seed": NEGATIVES_SEED, "rule": "uniform, not in the user's sequence"}
     return key

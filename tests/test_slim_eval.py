@@ -7,6 +7,7 @@ tmp ``--out``; nothing touches runs/.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from slim_eval.report import (REPORT_METRICS, combined_table1, compute_rows, imp
                               table2)
 from slim_eval.variants import producer_command, run_name, spec
 
+# --no-shipped: these runs start from nothing (no shipped rationales or checkpoints from assets/)
 BASE = ["--dataset", "ml-100k", "--users", "60", "--epochs", "2", "--seeds", "2", "--backbones", "sasrec",
-        "--no-progress"]
+        "--no-progress", "--no-shipped"]
 METRICS = {"HR@10", "HR@20", "NDCG@10"}
 
 
@@ -102,12 +104,14 @@ def test_missing_variants_name_their_command(first_run, capsys, tmp_path):
 
 
 def test_default_variants_are_whatever_exists(first_run, capsys):
-    """The default (auto) asks for every variant; with no rationale files only id and text run, and
-    each missing variant is named with its producer command. Reuses the first run's checkpoints."""
+    """The default (auto) asks for every reported variant (the *-clean ones only when named); with no
+    rationale files only id and text run, and each missing variant is named with its producer command.
+    Reuses the first run's checkpoints."""
     from slim_eval.__main__ import parse_args
-    from slim_eval.variants import VARIANT_NAMES
 
-    assert parse_args([]).variant_list == list(VARIANT_NAMES)
+    assert parse_args([]).variant_list == ["id", "text", "teacher", "slim", "match", "match-step1", "match-step2",
+                                           "match-step3", "match-teacher"]
+    assert parse_args(["--variants", "slim,slim-clean"]).variant_list == ["slim", "slim-clean"]
     out, _, _ = first_run
     report = main([*BASE, "--out", str(out), "--split", "test"])
     text = capsys.readouterr().out
@@ -325,6 +329,7 @@ def test_provenance_records_round_trip(tmp_path):
 def test_layout_paths():
     lay = RunLayout.for_dataset("custom:a.csv,b.csv")
     assert lay.root == Path("runs/custom-a.csv_b.csv")
+    assert lay.rationales("student") == Path("runs/custom-a.csv_b.csv/rationales/student.jsonl")  # nothing shipped
     lay = RunLayout(Path("/r"))
     assert lay.rationales("student") == Path("/r/rationales/student.jsonl")
     assert lay.report("test") == Path("/r/report.json") and lay.report("valid", "md") == Path("/r/report-valid.md")
@@ -359,7 +364,9 @@ def test_dataset_all_expands_to_the_reported_samples():
     assert list(runs) == list(REPORTED_RUNS)
     ml, games, u500, sci = (runs[k] for k in ("ml-100k", "amazon-video-games", "amazon-video-games-u500",
                                               "amazon-industrial-scientific"))
-    assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k"]  # all 943 users, every variant (auto)
+    # all 943 users; the reported variants plus the Step-3 post-filtered ones its report has
+    assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k", "--variants",
+                  REPORTED_VARIANTS + ",slim-clean,match-clean"]
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
                                                                              REPORTED_VARIANTS]
     # the teacher sample is its own run directory and reads the main run's rationale files
@@ -462,3 +469,34 @@ def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
     assert "| SASRec | 100 sampled negatives | 3 steps | 8 | 38.69 | 100.00 | +158.5% |" in table
     assert "| SASRec | 100 sampled negatives | rejected or missing | 2 | 38.69 | 0.00 | -100.0% |" in table
     assert "rationales/student.jsonl" in table
+
+
+# ---- a fresh clone: shipped rationales --------------------------------------------------------
+
+def test_shipped_rationales_are_read_when_the_run_has_none(first_run, tmp_path, capsys):
+    """No runs/<ds>/rationales/: the student file shipped in assets/rationales/ml-100k/ is read, and
+    the printout, report.md notes and report.json name it; an own file wins over the shipped one."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "student.jsonl"
+    out = tmp_path / "fresh"
+    shutil.copytree(first_run[0] / "text-cache", RunLayout(out).text_cache_dir)
+    argv = [a for a in BASE if a != "--no-shipped"]
+    lay = RunLayout.for_dataset("ml-100k", out)
+    assert lay.rationales("student") == shipped and lay.is_shipped(lay.rationales("student"))
+    assert RunLayout.for_dataset("ml-100k", out, shipped=False).rationales("student") == out / "rationales/student.jsonl"
+    report = main([*argv, "--seeds", "1", "--epochs", "1", "--variants", "match-step3", "--out", str(out),
+                   "--protocol", "sampled"])
+    text = capsys.readouterr().out
+    rel = "assets/rationales/ml-100k/student.jsonl"
+    assert f"rationales (student): {rel} (shipped with the repository" in text
+    assert {r["variant"] for r in report["results"]} == {"match-step3"}
+    assert report["rationale_files"] == {"student": rel} and read_json(out / "report.json")["rationale_files"] == {"student": rel}
+    # the shipped checkpoints are offered to fit() (none matches a 60-user sample: its data fingerprint differs)
+    assert re.search(r"checkpoints: \d+ fitted models available read-only in assets/ml-100k/checkpoints", text)
+    assert "checkpoints_from" not in report and len(list((out / "checkpoints").iterdir())) == 1
+    md = (out / "report.md").read_text()
+    assert f"rationales (student): {rel} (shipped" in md and f"match-step3: rationale vectors from {rel}" in md
+    # the run's own file, once there, is what it reads
+    _write_rationales(lay.own_rationales("student"), ["1"], coverage=1.0)
+    assert lay.rationales("student") == out / "rationales" / "student.jsonl"

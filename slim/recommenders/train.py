@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -301,9 +301,29 @@ def load_fitted(
     key = checkpoint_key(dataset, cfg, item_text, user_text)
     text_inputs_check(record, key, item_text, user_text, str(checkpoint_dir))
     model = _build(cfg, dataset, item_text, user_text)
+    # shipped checkpoints are stored in fp16 (slim_train fits export): load_state_dict copies them
+    # into the fp32 parameters, so scores are always computed in fp32
     model.load_state_dict(load_file(str(checkpoint_dir / "model.safetensors")))
-    model.eval()
+    model.float().eval()
     return FittedModel(model, dataset, cfg, checkpoint_dir, record, user_text)
+
+
+def checkpoint_dir_name(dataset: SequentialDataset, cfg: FitConfig, item_text=None, user_text=None) -> str:
+    """``<backbone>-<variant>[-<tag>]-seed<k>-<key hash>``: the directory ``fit`` writes and reuses."""
+    return f"{cfg.name}-{_key_hash(checkpoint_key(dataset, cfg, item_text, user_text))}"
+
+
+def complete_checkpoint(ckpt: Path, key: dict | None = None) -> dict | None:
+    """The record of a finished checkpoint directory (and whose key equals ``key``, when given), else None."""
+    try:
+        record = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not record.get("complete") or not (Path(ckpt) / "model.safetensors").exists():
+        return None
+    if key is not None and record.get("key") != key:
+        return None
+    return record
 
 
 def _build(cfg: FitConfig, dataset: SequentialDataset, item_text, user_text) -> nn.Module:
@@ -331,20 +351,25 @@ def fit(
     user_text: dict[str, np.ndarray] | None = None,
     progress: bool = True,
     force: bool = False,
+    reuse_from: Sequence[str | Path] = (),
 ) -> FittedModel:
     """Train (or reuse/resume) ``cfg`` on ``dataset``; returns the best-validation model.
 
     ``item_text``: ``[n_items + 1, D]`` (row 0 zeros) for every variant but ``id``.
     ``user_text``: {"valid": [n_users, D], "test": [n_users, D]} rationale vectors for
     ``teacher``/``slim``/``match``; training uses the "valid" ones (written from the train prefix).
+    ``reuse_from``: read-only checkpoint roots (e.g. the shipped ``assets/<dataset>/checkpoints``),
+    tried in order after ``run_dir``: a complete checkpoint there whose key matches is loaded in
+    place (nothing copied, nothing trained). ``force``: ignore every existing checkpoint and train
+    into ``run_dir``.
     """
     key = checkpoint_key(dataset, cfg, item_text, user_text)
     ckpt = Path(run_dir) / f"{cfg.name}-{_key_hash(key)}"
     record_path, state_path = ckpt / "config.json", ckpt / "train_state.pt"
-    if not force and record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record.get("complete") and record.get("key") == key:
-            return load_fitted(ckpt, dataset, item_text, user_text)
+    if not force:
+        for d in [ckpt, *(Path(r) / ckpt.name for r in reuse_from)]:
+            if complete_checkpoint(d, key) is not None:
+                return load_fitted(d, dataset, item_text, user_text)
     ckpt.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
