@@ -21,6 +21,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Iterator  # noqa: E402
@@ -31,9 +32,12 @@ import pandas as pd  # noqa: E402
 from slim.demo import PAPER_URL, DemoService, Ranked, Request, Update, find_reports  # noqa: E402
 from slim.uploads import FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, MIN_HISTORY, UploadError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+# where assets/ and runs/ are read from: this checkout, or another artefact tree (SLIM_ROOT)
+ROOT = Path(os.environ.get("SLIM_ROOT") or Path(__file__).resolve().parent).resolve()
 TEMPLATE = ROOT / "assets" / "history_template.csv"
-CONCURRENCY = int(os.environ.get("SLIM_CONCURRENCY", "2"))  # 2 cores: one streams while one ranks
+# the "reason" queue: 2 requests in flight on 2 cores (their models share the cores as described in
+# slim.demo: one lock per model, split threads), the rest wait in a bounded queue
+CONCURRENCY = int(os.environ.get("SLIM_CONCURRENCY", "2"))
 QUEUE_SIZE = int(os.environ.get("SLIM_QUEUE_SIZE", "64"))
 
 ABOUT = f"""
@@ -92,9 +96,9 @@ def _tables(req: Request, ranked: list[Ranked]) -> tuple[Any, Any]:
     main = df.loc[df["variant"] == ranked[0].variant, cols].reset_index(drop=True)
     if len(ranked) > 1:
         other = df.loc[df["variant"] == ranked[1].variant, cols].reset_index(drop=True)
-        return (gr.update(value=_styled(main), label=f"Top-10: {ranked[0].variant}"),
+        return (gr.update(value=_styled(main), visible=True, label=f"Top-10: {ranked[0].variant}"),
                 gr.update(value=_styled(other), visible=True, label=f"Compare: {ranked[1].variant}"))
-    return gr.update(value=_styled(main), label=f"Top-10: {ranked[0].variant}"), gr.update(visible=False)
+    return gr.update(value=_styled(main), visible=True, label=f"Top-10: {ranked[0].variant}"), gr.update(visible=False)
 
 
 def _matched(req: Request) -> tuple[Any, Any]:
@@ -118,9 +122,18 @@ def _status(req: Request) -> str:
 # ---------------------------------------------------------------------------------------
 # event handlers
 # ---------------------------------------------------------------------------------------
+NO_RESULTS = "_The top-10 lists appear here after **Reason and recommend**._"
+RANKING_SOON = "_Ranking the catalogue once the student's rationale is complete…_"
+
+
 def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: str, picked: list[str] | None) -> Iterator[tuple]:
-    """The button: resolve the history, stream both rationales, then show the rankings."""
+    """The button: resolve the history, stream both rationales, then show the rankings.
+
+    Outputs: status, matched, dropped, teacher, student, info, placeholder, top-10 table, compare table.
+    The tables stay hidden (a sentence in their place) until there is a ranking to show.
+    """
     hidden = gr.update(visible=False)
+    waiting = gr.update(value=NO_RESULTS, visible=True)
     try:
         if mode == "user":
             req = service.request_for_user(dataset, user or "")
@@ -128,11 +141,11 @@ def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: s
             src = {"upload": dict(file_path=file), "paste": dict(pasted=pasted), "pick": dict(picked=picked)}[mode]
             req = service.request_for_history(dataset, service.parse_custom(dataset, **src))
     except UploadError as e:
-        yield (f"**Error:** {e}", hidden, hidden, "", "", "", pd.DataFrame(), hidden)
+        yield (f"**Error:** {e}", hidden, hidden, "", "", "", waiting, hidden, hidden)
         return
     except Exception as e:  # noqa: BLE001 - whatever the input, the page shows a message, the server lives on
         yield (f"**Error:** **Could not read this input:** {type(e).__name__}: {str(e)[:300]}", hidden, hidden, "", "", "",
-               pd.DataFrame(), hidden)
+               waiting, hidden, hidden)
         return
     status = _status(req)
     matched, dropped = _matched(req)
@@ -141,13 +154,14 @@ def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: s
         for upd in service.run(req):
             if upd.done:
                 main, other = _tables(req, upd.ranked)
-                yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info, main, other)
+                yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info,
+                       hidden, main, other)
             else:
                 yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info,
-                       pd.DataFrame(), hidden)
+                       gr.update(value=RANKING_SOON, visible=True), hidden, hidden)
     except Exception as e:  # noqa: BLE001
         yield (f"**Error:** **Something failed while reasoning:** {type(e).__name__}: {str(e)[:300]}", matched, dropped,
-               "", "", "", pd.DataFrame(), hidden)
+               "", "", "", waiting, hidden, hidden)
 
 
 def recommend(dataset: str, user_or_titles: str | list[str]) -> tuple[str, str, list[dict]]:
@@ -166,23 +180,30 @@ def recommend(dataset: str, user_or_titles: str | list[str]) -> tuple[str, str, 
     return last.teacher.markdown(), last.student.markdown(), table.to_dict(orient="records")
 
 
+def _report_md(r) -> str:
+    # relative image links in report.md cannot resolve in the page: the gallery below shows the plots
+    body = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"_(plot \1: see the gallery below)_", r.markdown)
+    return f"## {r.dataset}\n_source: `{r.source.relative_to(ROOT)}`_\n\n{body}"
+
+
+def on_reports(choice: str | None = None):
+    """Results tab: the report picker (every report.md that ships or a run wrote), one report, its plots."""
+    reports = find_reports(ROOT)
+    if not reports:
+        return (gr.update(choices=[], value=None),
+                "No evaluation report yet. `python -m slim_eval --split test` writes `runs/<dataset>/report.md` "
+                "and plots; this tab shows them as written (nothing is recomputed here).", [])
+    names = [r.dataset for r in reports]
+    r = reports[names.index(choice)] if choice in names else reports[0]
+    gallery = [(str(p), f"{r.dataset}: {p.stem}") for p in r.plots]
+    return gr.update(choices=names, value=r.dataset), _report_md(r), gallery
+
+
 def on_dataset(dataset: str):
     users = service.user_ids(dataset)
     return (gr.update(choices=users, value=users[0]),
-            gr.update(choices=service.catalogue(dataset).choices(), value=[]))
-
-
-def on_reports():
-    reports = find_reports(ROOT)
-    if not reports:
-        return ("No evaluation report yet. `python -m slim_eval --split test` writes `runs/<dataset>/report.md` "
-                "and plots; this tab shows them as written (nothing is recomputed here).", [])
-    # relative image links in report.md cannot resolve in the page: the gallery below shows the plots
-    md = "\n\n".join(f"## {r.dataset}\n_source: `{r.source.relative_to(ROOT)}`_\n\n"
-                     + re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"_(plot \1: see the gallery below)_", r.markdown)
-                     for r in reports)
-    gallery = [(str(p), f"{r.dataset}: {p.stem}") for r in reports for p in r.plots]
-    return md, gallery
+            gr.update(choices=service.catalogue(dataset).choices(), value=[]),
+            service.models_markdown(dataset))
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,6 +221,7 @@ def build() -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Recommend"):
                 dataset = gr.Dropdown(datasets, value=first, label="Dataset", elem_id="dataset")
+                models = gr.Markdown(service.models_markdown(first), elem_id="models")
                 with gr.Tabs():
                     with gr.Tab("Dataset user", elem_id="tab-user") as t_user:
                         with gr.Row():
@@ -236,26 +258,33 @@ def build() -> gr.Blocks:
                         gr.Markdown("### Student (SLIM)")
                         student_md = gr.Markdown(elem_id="student")
                 info = gr.Markdown(elem_id="rec-info")
+                placeholder = gr.Markdown(NO_RESULTS, elem_id="rec-placeholder")
                 with gr.Row():
+                    # hidden until there is a ranking: an empty Dataframe would show a "1 2 3" placeholder grid
                     rec_main = gr.Dataframe(label="Top-10 recommendations", interactive=False, elem_id="rec-main",
-                                            wrap=True, column_widths=["10%", "55%", "15%", "20%"])
+                                            visible=False, wrap=True, column_widths=["10%", "55%", "15%", "20%"])
                     rec_other = gr.Dataframe(label="Compare", interactive=False, visible=False,
                                              elem_id="rec-compare", wrap=True,
                                              column_widths=["10%", "55%", "15%", "20%"])
             with gr.Tab("Results"):
-                refresh = gr.Button("Reload report files", size="sm")
+                with gr.Row():
+                    report_pick = gr.Dropdown([], label="Report", elem_id="report-pick", scale=4)
+                    refresh = gr.Button("Reload report files", size="sm", scale=1)
                 report_md = gr.Markdown(elem_id="report")
                 plots = gr.Gallery(label="Plots", columns=2, height=480, object_fit="contain", elem_id="plots")
             with gr.Tab("About"):
                 gr.Markdown(ABOUT, elem_id="about")
+                gr.Markdown("### Datasets and what ships for them\n" + service.datasets_markdown(), elem_id="datasets")
 
         rnd.click(lambda d: service.random_user(d), dataset, user, queue=False, api_visibility="private")
-        dataset.change(on_dataset, dataset, [user, picked], api_visibility="private")
+        dataset.change(on_dataset, dataset, [user, picked, models], api_visibility="private")
         go.click(on_go, [dataset, mode, user, file, pasted, picked],
-                 [status, matched, dropped, teacher_md, student_md, info, rec_main, rec_other],
+                 [status, matched, dropped, teacher_md, student_md, info, placeholder, rec_main, rec_other],
                  api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="reason")
-        refresh.click(on_reports, None, [report_md, plots], api_visibility="private")
-        demo.load(on_reports, None, [report_md, plots], api_visibility="private")
+        report_outputs = [report_pick, report_md, plots]
+        refresh.click(on_reports, report_pick, report_outputs, api_visibility="private")
+        report_pick.input(on_reports, report_pick, report_outputs, api_visibility="private")
+        demo.load(on_reports, None, report_outputs, api_visibility="private")
         gr.api(recommend, api_name="recommend", concurrency_limit=CONCURRENCY, concurrency_id="reason")
     return demo
 
@@ -298,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--no-warm-up", action="store_true", help="load models on the first request instead")
     args = p.parse_args(argv)
+    # slim.demo logs one line per refused checkpoint / unavailable teacher: show them in the server log
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.no_warm_up:
         service.warm_up()
     demo = build()

@@ -42,9 +42,11 @@ def missing_requirements() -> str | None:
 
 @contextmanager
 def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = None,
-                timeout: float = 300.0) -> Iterator[str]:
+                timeout: float = 300.0, teacher: bool = False) -> Iterator[str]:
     """Yield the base URL of a freshly started app; the process is stopped afterwards.
 
+    ``teacher``: run the installed local teacher GGUF live (48 new tokens); by default the app has no
+    live teacher (no endpoint, ``SLIM_TEACHER_LOCAL=0``), so its column shows how to enable one.
     ``SLIM_TEST_APP_URL`` points the tests at an already running app (e.g. a deployed Space) instead.
     """
     if os.environ.get("SLIM_TEST_APP_URL"):
@@ -54,8 +56,15 @@ def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = N
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_WAIT_POLICY": "PASSIVE",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SLIM_STUDENT_MAX_TOKENS": str(max_tokens),
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL"):  # tests use the "not configured" teacher
+    for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL", "SLIM_TEACHER_MAX_TOKENS"):
         env.pop(k, None)
+    from slim.demo import local_teacher_installed
+
+    if teacher:
+        env.update(SLIM_TEACHER_LOCAL="1", SLIM_TEACHER_MAX_TOKENS="48")
+    elif local_teacher_installed():
+        env["SLIM_TEACHER_LOCAL"] = "0"  # installed but not wanted here: the "not configured" column
+    env.update(extra_env or {})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],

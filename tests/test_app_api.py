@@ -1,17 +1,24 @@
 """gradio_client against the real app on 127.0.0.1: the ``/recommend`` endpoint.
 
 One app process for the module (models load once, as in production). The student is the real
-SmolLM2 GGUF in llama.cpp, limited to 64 new tokens to keep the suite fast.
+SmolLM2 GGUF in llama.cpp, limited to 64 new tokens to keep the suite fast. The rankings must come
+from the checkpoints that ship in ``assets/ml-100k/checkpoints``: a dataset user is ranked by the
+fitted SLIM model (never the untrained cosine fallback), a custom history by the fitted ``match``
+projection. The live teacher runs in its own app process, only where its GGUF is installed.
 """
 from __future__ import annotations
 
+import re
 
 import pytest
 
 from app_server import ROOT, missing_requirements, running_app
+from slim.demo import MATCH_LABEL, TEACHER_DISABLED, TEACHER_HELP, local_teacher_installed
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+
+SLIM_FITTED = re.compile(r"SLIM \((SASRec|GRU4Rec|SRGNN)\)")  # DemoService labels a fitted `slim` checkpoint so
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +39,44 @@ def _check_table(rows: list[dict], n: int = 10) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-def test_dataset_user(client):
+def test_dataset_user_is_ranked_by_the_fitted_slim_model(client):
     teacher, student, rows = client.predict("ml-100k", "196", api_name="/recommend")
-    assert "SmolLM2" in student and "tok/s" in student
-    assert teacher.strip()  # cached rationale, live teacher, or how to enable one
+    assert "SmolLM2-135M-Instruct + SLIM LoRA assets/student/adapter.gguf" in student and "tok/s" in student
+    # user 196's teacher rationale ships in assets/rationales/ml-100k/teacher.jsonl (a run's own
+    # runs/ml-100k/rationales/teacher.jsonl is read first)
+    assert re.search(r"cached teacher rationale from `(assets|runs)/(rationales/)?ml-100k/(rationales/)?teacher\.jsonl`",
+                     teacher), teacher[:300]
+    assert "#### Step 1" in teacher
     _check_table(rows)
-    assert rows[0]["variant"].startswith("SLIM")
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    m = SLIM_FITTED.fullmatch(variants[0])
+    assert m, f"primary list is {variants[0]!r}, not a fitted SLIM checkpoint (see test-artifacts/app_api.log)"
+    assert variants[1:] == [f"{m.group(1)} (plain backbone)"]
 
 
-def test_custom_title_list(client):
+def test_custom_title_list_is_ranked_by_fitted_text_matching(client):
     titles = ["Toy Story", "GoldenEye", "the usual suspects (1995)", "Star Wars", "Fargo", "Not A Real Film 123"]
     teacher, student, rows = client.predict("ml-100k", titles, api_name="/recommend")
     _check_table(rows)
-    assert "text matching" in rows[0]["variant"]
+    assert {r["variant"] for r in rows} == {MATCH_LABEL}  # the fitted g_t, not "(untrained: cosine)"
     recommended = {r["title"] for r in rows}
     assert not recommended & {"Toy Story", "GoldenEye", "Usual Suspects, The", "Star Wars", "Fargo"}  # history filtered
-    assert "not configured" in teacher or "Teacher" in teacher
+    # this app process runs without a live teacher (running_app): the column says how to enable one
+    assert "**Teacher (not configured)**" in teacher
+    assert (TEACHER_DISABLED if local_teacher_installed() else TEACHER_HELP) in teacher
+
+
+@pytest.mark.skipif(not local_teacher_installed(), reason="the local teacher GGUF is not installed "
+                    "(python -m slim_train models --teacher)")
+def test_custom_history_gets_a_live_teacher_rationale():
+    from gradio_client import Client
+
+    with running_app(ROOT / "test-artifacts" / "app_api_teacher.log", teacher=True) as url:
+        teacher, student, rows = Client(url, verbose=False).predict(
+            "ml-100k", ["Toy Story", "Fargo", "Star Wars", "Babe"], api_name="/recommend")
+    assert "**Qwen2.5-Coder-1.5B-Instruct (local teacher)**" in teacher and "tok/s" in teacher
+    assert "#### Step 1" in teacher and "cached" not in teacher
+    _check_table(rows)
 
 
 @pytest.mark.parametrize("bad, message", [
