@@ -75,6 +75,7 @@ def rationale_source(layout: RunLayout, name: str) -> str:
     return shown(path)
 
 
+REPORT_EVERY_S = 30.0  # in-progress report.md rebuilds during a grid (run_grid)
 FIT_FILES = ["*/config.json", "*/model.safetensors", "README.md"]
 
 
@@ -145,9 +146,9 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
              sources: dict | None = None) -> tuple[list[SeedResult], list[str]]:
     """Fit/reuse every (backbone, variant, seed), measure it once per protocol; returns results + notes.
 
-    ``on_model(results_so_far, notes)`` runs after each model from the first one that measured
-    something new on, so a long grid keeps its report current (a run stopped after hours still
-    leaves a table of what finished, reused rows included). Until then the previous report stands:
+    ``on_model(results_so_far, notes)`` runs after the first model that measured something new,
+    then after a later model once REPORT_EVERY_S have passed, so a long grid keeps its report
+    current (a run stopped after hours still leaves a table of what finished, reused rows included). Until then the previous report stands:
     rebuilding report.md (bootstrap, plots) after each of the 105 reused ML-100K models dominated a
     pure regeneration (bench/regenerate_reports.py).
 
@@ -193,6 +194,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
              item_popularity=popularity)
     results: list[SeedResult] = []
     report_live = False  # set by the first model that measured something new
+    last_write = None  # monotonic time of the last in-progress report
     for i, (s, backbone, seed) in enumerate(plan, 1):
         name = run_name(backbone, s.name, seed)
         t0 = time.perf_counter()
@@ -230,8 +232,13 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)
         report_live |= not all(r.reused for r in results[-len(protocols):])
-        if on_model is not None and report_live:  # once a report was rebuilt, it keeps every later model
+        # once a report was rebuilt, it keeps every later model, at most every REPORT_EVERY_S: loading
+        # shipped checkpoints takes seconds per model, and a rebuild (bootstrap, plots) after each of 85
+        # would cost more than measuring them; the caller writes the final report anyway
+        due = last_write is None or time.monotonic() - last_write >= REPORT_EVERY_S
+        if on_model is not None and report_live and due:
             on_model(results, notes)
+            last_write = time.monotonic()
     for root, n in sources["checkpoints_from"].items():
         notes.append(f"checkpoints: {n} of {len(plan)} models were loaded from {root} (not trained here)")
     return results, notes

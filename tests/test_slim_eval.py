@@ -141,6 +141,25 @@ def test_rerun_reuses_checkpoints_and_measurements(first_run, capsys, monkeypatc
     assert seconds < first_seconds
 
 
+def test_a_grid_of_quick_models_rebuilds_the_in_progress_report_at_most_every_30_s(first_run, tmp_path, monkeypatch):
+    """Loading (or quickly fitting) many models must not rebuild report.md after each one."""
+    import shutil
+
+    import slim_eval.__main__ as entry
+    from slim_eval.pipeline import REPORT_EVERY_S
+
+    assert REPORT_EVERY_S == 30.0
+    out = tmp_path / "quick"
+    shutil.copytree(first_run[0] / "text-cache", RunLayout(out).text_cache_dir)
+    written = []
+    render_md = entry.markdown
+    monkeypatch.setattr(entry, "markdown", lambda *a, **k: written.append(1) or render_md(*a, **k))
+    t0 = time.perf_counter()
+    main([*BASE, "--epochs", "1", "--variants", "id,text", "--out", str(out), "--protocol", "sampled"])
+    if time.perf_counter() - t0 < REPORT_EVERY_S:
+        assert len(written) == 2  # after the first new model, then the final report (4 models measured)
+
+
 def test_valid_split_reuses_checkpoints(first_run):
     out, test_report, _ = first_run
     before = checkpoint_state(out)
