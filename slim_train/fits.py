@@ -103,6 +103,7 @@ def convert(src: Path, dst: Path, dtype: str) -> None:
     state = load_file(str(src))
     save_file({k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()},
               str(dst), metadata={"format": "pt", "dtype": DTYPES[dtype]})
+    dst.chmod(0o644)  # safetensors writes 0600; a shipped file is read by whoever clones it
 
 
 def export(src: Path, dst: Path, variants: list[str] | None = None, dtype: str = "fp16",

@@ -70,7 +70,7 @@ def test_export_writes_fp16_weights_and_the_provenance_only(fitted, exported):
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
         for p in out.iterdir():
-            assert p.stat().st_size < 20 * 1024 * 1024
+            assert p.stat().st_size < 20 * 1024 * 1024 and p.stat().st_mode & 0o044 == 0o044  # readable by a clone
         rec = json.loads((out / "config.json").read_text())
         assert rec["key"] == fm.record["key"] and rec["weights_dtype"] == "float16"
         assert (out / "model.safetensors").stat().st_size < (fm.checkpoint_dir / "model.safetensors").stat().st_size
@@ -171,6 +171,11 @@ def test_publish_then_slim_eval_downloads_and_reuses(tmp_path, monkeypatch, caps
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # slim_eval's own default
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         second = slim_eval([*base, "--out", str(tmp_path / "b"), "--fits-from-hub", "me/slim-fits"])
+        # $SLIM_FITS_REPO does the same when no checkpoints are shipped for the dataset (--no-shipped here)
+        monkeypatch.setenv("SLIM_FITS_REPO", "me/slim-fits")
+        by_env = slim_eval([*base, "--out", str(tmp_path / "b2")])
+        monkeypatch.delenv("SLIM_FITS_REPO")
+        assert by_env["checkpoints_from"] == {str(tmp_path / "b2" / "hub-fits"): 1}
         assert hub.unknown == []
         assert {d for d in hub.downloads if d.endswith(".safetensors")} == {p for p in pushed if p.endswith(".safetensors")}
     out = capsys.readouterr()
