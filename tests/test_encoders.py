@@ -102,3 +102,22 @@ def test_item_text_matrix(shared_model, ml100k):
     assert not m[0].any()
     np.testing.assert_allclose(m[5], enc.encode([ml100k.items.loc[5, "text"]])[0])
     np.testing.assert_allclose(np.linalg.norm(m[1:], axis=1), 1.0, atol=1e-5)
+
+
+def test_item_vectors_are_named_by_their_texts_not_their_bits(shared_model, ml100k):
+    """TextVectors: the provenance names the encoder and the texts; derived arrays drop it."""
+    from slim.encoders import TextVectors
+
+    enc = TextEncoder()
+    enc._model = shared_model
+    a = item_text_matrix(ml100k.subset_users(np.arange(30)), enc)
+    b = item_text_matrix(ml100k.subset_users(np.arange(30, 90)), enc)  # other users, same catalogue
+    assert isinstance(a, TextVectors) and a.provenance == b.provenance
+    assert a.provenance["encoder"] == enc.model_id and a.provenance["rows"] == ml100k.n_items + 1
+    assert a.row_digests[0] == "" and len(set(a.row_digests[1:])) > 1600  # padding has no text
+    wobbly = TextVectors(np.asarray(a) + 1e-6, enc.model_id, [None, *ml100k.items["text"].astype(str)])
+    assert wobbly.provenance == a.provenance  # same texts, other bits: same name
+    edited = [None, *ml100k.items["text"].astype(str)]
+    edited[3] += "!"
+    assert TextVectors(np.asarray(a), enc.model_id, edited).provenance != a.provenance
+    assert getattr(a * 0.5, "provenance", None) is None and getattr(a[1:], "provenance", None) is None
