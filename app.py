@@ -6,6 +6,11 @@ formats what the service returns.
 
     python app.py                      # http://127.0.0.1:7860
     python app.py --host 0.0.0.0 --port 7860   (or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+    SLIM_ROOT=/path/to/tree python app.py      # serve the assets/ and runs/ of another artefact tree
+
+Live teacher: the local Qwen2.5-Coder-1.5B GGUF when installed (``python -m slim_train models
+--teacher``), or an OpenAI-compatible endpoint (``SLIM_TEACHER_BASE_URL``, which takes precedence);
+``SLIM_TEACHER_LOCAL=0`` switches the local one off. How it shares the CPU with the student: slim.demo.
 
 The main action is also the API endpoint ``/recommend`` (dataset name, user id or list of titles)
 -> (teacher rationale, student rationale, recommendation table as a list of rows).
