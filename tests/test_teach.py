@@ -39,8 +39,9 @@ def test_repeat_penalty_is_recorded_only_when_set():
 
 def test_worker_pool_and_server_write_the_same_teacher_rows(small_gguf, tmp_path):
     # 1.3, not the server's implicit 1.1: equal texts prove the penalty reaches the server
-    pool = teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3")
-    server = teach(tmp_path / "server", small_gguf, "--server", "--threads", "1", "--repeat-penalty", "1.3")
+    pool = teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3", "--step3", "free")
+    server = teach(tmp_path / "server", small_gguf, "--server", "--threads", "1", "--repeat-penalty", "1.3",
+                   "--step3", "free")
     key = lambda r: (r["user_id"], r["split"])  # noqa: E731
     assert sorted(map(key, pool)) == sorted(map(key, server)) and len(pool) == 4
     by_key = {key(r): r for r in server}
@@ -48,7 +49,17 @@ def test_worker_pool_and_server_write_the_same_teacher_rows(small_gguf, tmp_path
         assert row["role"] == "teacher" and row["params"]["repeat_penalty"] == 1.3
         assert row["rationale"] == by_key[key(row)]["rationale"]
         assert row["prompt_hash"] == by_key[key(row)]["prompt_hash"]
-    assert teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3") == pool  # resumed: nothing redone
+    assert teach(tmp_path / "pool", small_gguf, "--workers", "2", "--repeat-penalty", "1.3",
+                 "--step3", "free") == pool  # resumed: nothing redone
+
+
+def test_local_teacher_grounds_step3_in_the_catalogue_by_default(small_gguf, tmp_path, ml100k):
+    rows = teach(tmp_path, small_gguf, "--workers", "1", "--users", "2", "--splits", "valid,test", "--k", "2")
+    index = {str(u): i for i, u in enumerate(ml100k.user_ids)}
+    for row in rows:
+        u = index[row["user_id"]]
+        assert row["step3_path"] == "grammar" and len(row["step3_items"]) == 2
+        assert not set(row["step3_items"]) & set(int(i) for i in ml100k.history(u, row["split"]))
 
 
 def test_local_teacher_defaults_to_the_servers_implicit_penalty(small_gguf, tmp_path):

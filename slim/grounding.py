@@ -1,0 +1,218 @@
+"""Catalogue-grounded Step 3: the rationale names K real, new catalogue items, by constrained decoding.
+
+Why (ours; the paper lets Step 3 name anything): a rationale that recommends "The Dark Knight" to a
+1998 movie catalogue, or a title the user already watched, carries no signal a recommender can use.
+Here Step 3 is written one item at a time, each completion forced by a llama.cpp grammar (GBNF)
+into the titles of a candidate list, rebuilt without the items already chosen, so every named item
+is in the catalogue, not in the history, and distinct, by construction. Steps 1 and 2 stay free text.
+
+The candidates are a relevance-ranked shortlist, never the whole catalogue: a grammar over ~1,600
+titles lets the model's favourite first token decide, and both local models start titles with "The"
+(three titles took 83% of the picks over 60 ML-100K users); the 50 items nearest to the user's
+recent items, in display form ("The Remains of the Day", not "Remains of the Day, The"), spread the
+picks (69 distinct of 180). Candidates come from the history the rationale is written from only,
+so they never reveal the held-out target.
+
+Endpoints that take no grammar (OpenAI) get the same candidates as a numbered list and their
+answer is snapped to it (:func:`snap_to_candidates`); each row records which path it took.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .prompts import sanitize_title
+
+_ARTICLE = re.compile(r"^(?P<body>.+?), (?P<article>The|A|An|Il|La|Le|Les|L'|El|Los|Las|Das|Der|Die)"
+                      r"(?P<tail>\s*\(.*\))?$")
+
+
+def display_title(title: str) -> str:
+    """``"Remains of the Day, The (1993)"`` -> ``"The Remains of the Day (1993)"``, sanitised.
+
+    ML-100K stores articles at the end; a model writes them first, so the grammar must offer the
+    form the model would write.
+    """
+    t = sanitize_title(title)
+    m = _ARTICLE.match(t)
+    if not m:
+        return t
+    article = m.group("article")
+    sep = "" if article.endswith("'") else " "
+    return f"{article}{sep}{m.group('body')}{m.group('tail') or ''}"
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """How Step 3 is grounded; recorded in every row it shapes (``row["grounding"]``)."""
+
+    k: int = 3  # distinct catalogue items Step 3 names
+    n_candidates: int = 20  # size of the relevance-ranked shortlist the prompt shows and the grammar allows
+    recent: int = 5  # the last items of the history whose mean text vector ranks the candidates
+    item_max_tokens: int = 48  # budget of one grammar-bound title
+    # weight of the standardised log training popularity added to the cosine; None: the dataset's
+    # value chosen on validation users (POPULARITY_WEIGHT)
+    popularity_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n_candidates < self.k or self.recent < 1:
+            raise ValueError(f"grounding needs 1 <= k <= n_candidates and recent >= 1, got {self}")
+
+    def record(self) -> dict:
+        return {**asdict(self), "candidates": "MiniLM cosine to the mean of the last `recent` history items "
+                "+ popularity_weight x standardised log popularity in the train prefixes"}
+
+
+# Chosen on validation targets only: share of 400 seeded users whose valid target is in the 20-item
+# shortlist (`python bench/candidate_recall.py`): ML-100K cosine alone 5.5%, +0.2 x popularity 16.5%
+# (popularity alone 12.8%); Games cosine alone 6.8%, +0.05 7.5%, +0.2 3.3%. Text similarity alone
+# picks obscure items with the right genre words; popularity alone ignores the user.
+POPULARITY_WEIGHT = {"ml-100k": 0.2, "amazon-video-games": 0.05, "amazon-industrial-scientific": 0.05}
+DEFAULT_POPULARITY_WEIGHT = 0.05
+
+
+def train_popularity(dataset) -> np.ndarray:
+    """``[n_items + 1]`` standardised log(1 + count) of each item in every user's train prefix.
+
+    Train prefixes only (seq[:-2]): no user's valid or test target is counted.
+    """
+    ends = dataset.offsets[1:] - 2
+    counts = np.zeros(dataset.n_items + 1)
+    for lo, hi in zip(dataset.offsets[:-1], ends):
+        np.add.at(counts, dataset.values[lo:max(lo, hi)], 1)
+    lp = np.log1p(counts)
+    return (lp - lp[1:].mean()) / max(float(lp[1:].std()), 1e-12)
+
+
+class CandidateIndex:
+    """Top-N catalogue items by text similarity to a history, in display form, history excluded."""
+
+    def __init__(self, titles: Sequence[str], item_vectors: np.ndarray, prior: np.ndarray | None = None):
+        """``titles[i]`` and ``item_vectors[i]`` for item index i (row 0 = padding, never offered);
+        ``prior[i]``: added to the cosine (popularity_weight x train_popularity)."""
+        self.prior = None if prior is None else np.asarray(prior, dtype=np.float32)
+        v = np.asarray(item_vectors, dtype=np.float32)
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        self.vectors = v / np.maximum(norms, 1e-12)
+        self.display = [display_title(t) if i else "" for i, t in enumerate(titles)]
+        # two items with one display title would make a grammar pick ambiguous: the first one wins
+        first: dict[str, int] = {}
+        for i, t in enumerate(self.display):
+            if i and t not in first:
+                first[t] = i
+        self.canonical = np.array([first.get(t, 0) == i for i, t in enumerate(self.display)])
+
+    @classmethod
+    def for_dataset(cls, dataset, item_vectors: np.ndarray, popularity_weight: float | None = None) -> "CandidateIndex":
+        titles = [""] * (dataset.n_items + 1)
+        for i, t in zip(dataset.items.index, dataset.items["title"]):
+            titles[int(i)] = str(t)
+        w = (POPULARITY_WEIGHT.get(dataset.name, DEFAULT_POPULARITY_WEIGHT)
+             if popularity_weight is None else popularity_weight)
+        return cls(titles, item_vectors, w * train_popularity(dataset) if w else None)
+
+    def candidates(self, history: Sequence[int], n: int, recent: int) -> list[int]:
+        """Item indices, most similar first, none in ``history``."""
+        history = np.asarray(history, dtype=np.int64)
+        query = self.vectors[history[-recent:]].mean(axis=0) if len(history) else self.vectors[1:].mean(axis=0)
+        scores = self.vectors @ query
+        if self.prior is not None:
+            scores = scores + self.prior
+        scores[0] = -np.inf
+        scores[history] = -np.inf
+        scores[~self.canonical] = -np.inf
+        n = min(n, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n else np.array([], dtype=np.int64)
+        return [int(i) for i in top[np.argsort(-scores[top], kind="stable")]]
+
+
+def title_grammar(titles: Sequence[str]) -> str:
+    """GBNF whose only sentences are the given titles (JSON string escapes are GBNF literal syntax).
+
+    A title is data: whatever it says ("Ignore previous instructions", quotes, backslashes), it
+    becomes one escaped literal and cannot change the grammar's shape.
+    """
+    if not titles:
+        raise ValueError("a title grammar needs at least one title")
+    return "root ::= " + " | ".join(json.dumps(t, ensure_ascii=True) for t in titles) + "\n"
+
+
+def match_candidate(text: str, titles: Sequence[str]) -> int | None:
+    """Index of the candidate a grammar-bound completion wrote (a cut-off completion: its prefix)."""
+    text = text.strip()
+    if text in titles:
+        return list(titles).index(text)
+    starts = [j for j, t in enumerate(titles) if text and t.startswith(text)]
+    return starts[0] if starts else None
+
+
+def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float = 80.0) -> list[int]:
+    """Candidates an endpoint's free Step 3 named (by number or by title), in order, distinct, <= k.
+
+    rapidfuzz's WRatio for titles (the scorer the catalogue matcher uses); a bare number is a pick
+    from the numbered list.
+    """
+    from rapidfuzz import fuzz, process
+
+    from .prompts import step3_items
+
+    chosen: list[int] = []
+    for name in step3_items(step3):
+        j = None
+        num = re.match(r"^\s*#?(\d{1,3})\b", name)
+        if num and 1 <= int(num.group(1)) <= len(titles):
+            j = int(num.group(1)) - 1
+        else:
+            hit = process.extractOne(name, list(titles), scorer=fuzz.WRatio, score_cutoff=cutoff)
+            j = hit[2] if hit else None
+        if j is not None and j not in chosen:
+            chosen.append(j)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def numbered_list(titles: Sequence[str]) -> str:
+    """The shortlist as the endpoint path shows it in the prompt."""
+    return "\n".join(f"{j}. {t}" for j, t in enumerate(titles, 1))
+
+
+STEP3_HEADER = "\nStep 3:\n"
+_STEP3_MARK = ("Step 3", "**Step 3", "### Step 3")
+
+
+def grounded_generation(reasoner, messages, candidates: Sequence[str], params, cfg: GroundingConfig):
+    """Steps 1-2 free, then Step 3 = ``cfg.k`` grammar-bound picks: ``(Generation, picked candidate positions)``.
+
+    ``reasoner`` needs ``complete(messages, prefix, params, stop=, grammar=)`` (slim.reasoners.
+    LlamaCppReasoner). Each pick's grammar holds the candidates not picked yet, so the K items are
+    distinct; the answer text reads ``Step 3:\\n1. <title>\\n2. ...`` like a free one.
+    """
+    from .reasoners import Generation, GenerationParams
+
+    head = reasoner.complete(messages, "", params, stop=list(_STEP3_MARK), reset=True)
+    if head.error:
+        return head, []
+    text = head.text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
+    picked: list[int] = []
+    tokens, seconds = head.completion_tokens, head.seconds
+    item_params = GenerationParams(**{**params.as_dict(), "max_tokens": cfg.item_max_tokens})
+    for n in range(1, cfg.k + 1):
+        left = [j for j in range(len(candidates)) if j not in picked]
+        if not left:
+            break
+        text += f"{n}. "
+        gen = reasoner.complete(messages, text, item_params, stop=["\n"],
+                                grammar=title_grammar([candidates[j] for j in left]))
+        tokens, seconds = tokens + gen.completion_tokens, seconds + gen.seconds
+        j = match_candidate(gen.text, [candidates[j] for j in left])
+        if j is None:  # the grammar makes this unreachable unless the budget cut a title to nothing
+            text = text[: -len(f"{n}. ")]
+            break
+        picked.append(left[j])
+        text += candidates[left[j]] + "\n"
+    return Generation(text.rstrip(), tokens, head.prompt_tokens, seconds, head.model, "stop"), picked
