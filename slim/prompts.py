@@ -13,6 +13,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 Messages = list[dict[str, str]]
@@ -130,6 +131,17 @@ def student_messages(titles: Sequence[str], max_history: int = DEFAULT_MAX_HISTO
         body = (f"{format_history(titles, max_history)}\n{format_candidates(candidates)}\n"
                 f"{student_instruction(domain)} Step 3 names {k} of the candidates.")
     return [{"role": "user", "content": body}]
+
+
+PROMPTS = {"student": student_messages, "teacher": teacher_messages}
+
+
+def prompt_builder(prompt: str, dataset_name: str, domain: str | None = None):
+    """The prompt builder of a role: the teacher's names the dataset's domain; the student's stays the
+    wording the shipped students were distilled on unless ``domain`` is given."""
+    if prompt == "teacher" or domain:
+        return partial(PROMPTS[prompt], domain=domain_for(dataset_name, domain if domain != "dataset" else None))
+    return PROMPTS[prompt]
 
 
 def prompt_hash(messages: Messages) -> str:

@@ -156,6 +156,24 @@ def finished_row(reasoner, dataset: SequentialDataset, user: int, split: Split, 
     return make_row(dataset, user, split, messages, gen, params, role, forced_step3=forced)
 
 
+def grounded_row(reasoner, ds, user: int, split: str, prompt, params: GenerationParams, role: str,
+                 cfg, index) -> dict:
+    """A row whose Step 3 is K grammar-bound catalogue items (slim.grounding); records them as item ids.
+
+    The shortlist is computed from the history the prompt shows (never the target), shown in the
+    prompt, and enforced by the grammar.
+    """
+    from .grounding import grounded_generation
+
+    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
+    titles = [index.display[i] for i in shortlist]
+    messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
+    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg)
+    row = make_row(ds, user, split, messages, gen, params, role)
+    row.update(step3_items=[int(shortlist[j]) for j in picked], step3_path="grammar", grounding=cfg.record())
+    return row
+
+
 def prompt_for(dataset: SequentialDataset, user: int, split: Split, prompt_fn: PromptFn, **extra) -> Messages:
     """The only way a rationale prompt is built: from the history, never the target.
 

@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from slim.data import load_dataset
-from slim.prompts import domain_for, student_messages, teacher_messages
-from slim.rationales import finished_row, make_row, prompt_for
+from slim.prompts import prompt_builder as prompt_fn
+from slim.rationales import finished_row, grounded_row, prompt_for
 from slim.reasoners import Generation, GenerationParams
-
-PROMPTS = {"student": student_messages, "teacher": teacher_messages}
 
 # one Llama per worker process; module-level so the pool's functions pickle
 _WORKER: dict = {}
-
-
-def prompt_fn(prompt: str, dataset_name: str, domain: str | None = None):
-    """The prompt builder of a role: the teacher's names the dataset's domain; the student's stays the
-    wording the shipped students were distilled on unless ``domain`` is given."""
-    if prompt == "teacher" or domain:
-        return partial(PROMPTS[prompt], domain=domain_for(dataset_name, domain if domain != "dataset" else None))
-    return PROMPTS[prompt]
 
 
 def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | None, prompt: str,
@@ -56,24 +45,6 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
                 _WORKER["ds"], item_text_matrix(_WORKER["ds"], TextEncoder()), cfg.popularity_weight)
     except Exception as e:  # noqa: BLE001 - re-raised in _work with its message
         _WORKER["error"] = f"{type(e).__name__}: {e}"
-
-
-def grounded_row(reasoner, ds, user: int, split: str, prompt, params: GenerationParams, role: str,
-                 cfg, index) -> dict:
-    """A row whose Step 3 is K grammar-bound catalogue items (slim.grounding); records them as item ids.
-
-    The shortlist is computed from the history the prompt shows (never the target), shown in the
-    prompt, and enforced by the grammar.
-    """
-    from slim.grounding import grounded_generation
-
-    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
-    titles = [index.display[i] for i in shortlist]
-    messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
-    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg)
-    row = make_row(ds, user, split, messages, gen, params, role)
-    row.update(step3_items=[int(shortlist[j]) for j in picked], step3_path="grammar", grounding=cfg.record())
-    return row
 
 
 def stored_generation(row: dict) -> Generation:

@@ -22,7 +22,7 @@ from slim.reasoners import GenerationParams
 
 from .common import add_common, run_dir
 from .pool import pool_rows, stored_generation
-from .pool import prompt_fn as pool_prompt_fn
+from slim.prompts import prompt_builder as pool_prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

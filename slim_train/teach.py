@@ -30,7 +30,8 @@ from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaC
 from slim.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
-from .pool import pool_rows, prompt_fn
+from .pool import pool_rows
+from slim.prompts import prompt_builder as prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -82,7 +82,8 @@ def student():
 def test_grounded_rows_name_k_distinct_new_catalogue_items(student, ml100k):
     from slim.encoders import TextEncoder, item_text_matrix
     from slim.reasoners import GenerationParams
-    from slim_train.pool import grounded_row, prompt_fn
+    from slim.prompts import prompt_builder as prompt_fn
+    from slim.rationales import grounded_row
 
     cfg = GroundingConfig(k=3, n_candidates=20)
     index = CandidateIndex.for_dataset(ml100k, item_text_matrix(ml100k, TextEncoder()))
