@@ -5,7 +5,11 @@ the chain inspectable on its own:
 
 * format compliance: share of rows whose text parses into the 3 steps;
 * groundedness: share of Step-3 item names that exist in the catalogue (fuzzy title match);
-* repeat rate: share of grounded Step-3 items that are already in the user's history;
+* repeat rate: share of grounded Step-3 items that are already in the user's history; rows of a
+  catalogue-grounded Step 3 (``slim.grounding``) carry their items as ids (``step3_items``), which
+  are read as they are (in the catalogue, new and distinct by construction: the measures check it);
+* Step-3 diversity over users: distinct items / items named, and the share of the three most named
+  items (a grammar over a catalogue can funnel every user into the same few titles);
 * after the Step-3 post-filter (``slim.step3_filter``): distinct new catalogue items left per
   rationale, and the share of rationales left with none;
 * target hit: the held-out next item named in Step 3 (title match), or its genre/category named
@@ -90,15 +94,24 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
     n_kept = n_empty = 0  # what slim.step3_filter keeps: distinct catalogue items not in the history
+    n_dup, named_items = 0, []  # repeats within one Step 3; every catalogue item named, over users
+    n_grounded_rows = 0
     for r in rows:
         if r.get("status") != "ok" or not r.get("steps"):
             continue
         n_ok += 1
+        n_grounded_rows += r.get("step3_items") is not None
         u = index[str(r["user_id"])]
         history = set(dataset.history(u, r["split"]).tolist())
         target = dataset.target(u, r["split"])
-        names = step3_items(r["steps"][2])
-        matched = [m for m in (matcher.match(n) for n in names) if m is not None]
+        if r.get("step3_items") is not None:  # grounded rows name their items as ids: no re-parsing
+            matched = [int(m) for m in r["step3_items"]]
+            names = matched
+        else:
+            names = step3_items(r["steps"][2])
+            matched = [m for m in (matcher.match(n) for n in names) if m is not None]
+        n_dup += len(matched) - len(set(matched))
+        named_items.extend(set(matched))
         n_named += len(names)
         n_grounded += len(matched)
         n_repeat += sum(m in history for m in matched)
@@ -120,11 +133,24 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         "step3_empty_after_filter": n_empty / max(1, n_ok),
         "target_item_hit": n_item_hit / max(1, n_ok),
         "target_genre_hit": (n_genre_hit / n_genre_users) if n_genre_users else None,
+        "step3_duplicates": n_dup / max(1, n_grounded),
+        # diversity over users: a grammar over a catalogue can funnel every user into the same few titles
+        "step3_distinct_items": len(set(named_items)) / max(1, len(named_items)),
+        "step3_top3_share": _top_share(named_items, 3),
+        "step3_grammar_rows": n_grounded_rows / max(1, n_ok),
         "step1_distinct": _distinct_share(rows, 0),
         "step2_distinct": _distinct_share(rows, 1),
         "mean_completion_tokens": float(np.mean([r.get("completion_tokens", 0) for r in rows])) if rows else 0.0,
         "mean_seconds": float(np.mean([r.get("seconds", 0) for r in rows])) if rows else 0.0,
     }
+
+
+def _top_share(items: list[int], k: int) -> float | None:
+    """Share of all named items taken by the ``k`` most named ones (1.0: everyone gets the same k)."""
+    if not items:
+        return None
+    counts = np.sort(np.bincount(np.asarray(items, dtype=np.int64)))[::-1]
+    return float(counts[:k].sum() / len(items))
 
 
 def _distinct_share(rows: list[dict], step: int) -> float | None:

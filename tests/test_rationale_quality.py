@@ -106,3 +106,21 @@ def test_history_baseline_ranks_the_same_rows_from_the_titles_the_rationale_read
     rep = quality_report(ml100k, path, encoder=enc, item_vectors=items, negatives=negatives)
     assert rep["history_zero_shot_ndcg10"] == pytest.approx(base)
     assert rep["zero_shot_ndcg10"] > base  # a rationale naming the target beats the history's titles
+
+
+def test_grounded_rows_are_read_by_their_item_ids_and_measured_for_diversity(ml100k):
+    def grounded(u, items):
+        row = _row(ml100k, u, "valid", "...", ["likes films", "drama", "\n".join(ml100k.titles(items))])
+        return {**row, "step3_items": items}
+
+    h0, h1 = set(ml100k.history(0, "valid").tolist()), set(ml100k.history(1, "valid").tolist())
+    new = [i for i in range(1, ml100k.n_items + 1) if i not in h0 | h1][:4]
+    rows = [grounded(0, new[:3]), grounded(1, [new[0], new[1], new[3]])]
+    q = intrinsic_quality(ml100k, rows)
+    assert q["groundedness"] == 1.0 and q["repeat_rate"] == 0.0 and q["step3_duplicates"] == 0.0
+    assert q["step3_grammar_rows"] == 1.0
+    assert q["step3_distinct_items"] == pytest.approx(4 / 6)  # 4 distinct items among 6 named
+    assert q["step3_top3_share"] == pytest.approx(5 / 6)  # new[0], new[1] twice + one of the rest
+    seen = sorted(h0)[0]
+    q = intrinsic_quality(ml100k, [grounded(0, [seen, new[0], new[0]])])
+    assert q["repeat_rate"] == pytest.approx(1 / 3) and q["step3_duplicates"] == pytest.approx(1 / 3)
