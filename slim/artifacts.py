@@ -111,8 +111,17 @@ class RunLayout:
 
     @property
     def distill_metrics(self) -> Path:
-        """The distilled student's metrics.json (its training users): next to the rationales it wrote."""
-        return self.producers_root / "distill" / "adapter" / "metrics.json"
+        """The distilled student's metrics.json (its training users): next to the rationales it wrote.
+
+        A run without its own student reads the shipped student's (``student_adapter(dataset)``'s
+        folder), the one that wrote the shipped rationales, so measures that must leave out the
+        student's training users still can on a fresh clone.
+        """
+        own = self.producers_root / "distill" / "adapter" / "metrics.json"
+        if own.exists() or self.dataset is None:
+            return own
+        shipped = REPO_ROOT / Path(student_adapter(self.dataset)).parent / "metrics.json"
+        return shipped if shipped.exists() else own
 
     def own_rationales(self, name: str) -> Path:
         """``<producers root>/rationales/<file>``: where ``slim_train teach``/``reason`` write ``name``."""

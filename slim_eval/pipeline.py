@@ -257,8 +257,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     """User ids whose teacher rationales trained this run's student (its adapter's metrics.json).
 
-    Only the run's own adapter counts: a student distilled elsewhere says nothing about these
-    rows. Its validation users stay in (they were held out of training).
+    The run's own adapter, else the shipped student of the dataset (RunLayout.distill_metrics), and
+    only when it was distilled on this dataset: a student distilled elsewhere says nothing about
+    these rows. Its validation users stay in (they were held out of training).
     """
     import json
 

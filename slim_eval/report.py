@@ -589,7 +589,7 @@ def regenerate(run_dir: str | Path, split: str = "test") -> str:
     report = read_json(layout.report(split, "json"))
     if report is None:
         raise FileNotFoundError(f"{layout.report(split, 'json')}: no report; run python -m slim_eval first")
-    layout = RunLayout(layout.root, report.get("rationales_from"))
+    layout = RunLayout(layout.root, report.get("rationales_from"), report.get("dataset"))
     old = layout.report(split, "md")
     command, notes = None, []
     if old.exists():  # keep what only the producing run knew: its command line and notes

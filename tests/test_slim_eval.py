@@ -519,3 +519,18 @@ def test_shipped_rationales_are_read_when_the_run_has_none(first_run, tmp_path, 
     # the run's own file, once there, is what it reads
     _write_rationales(lay.own_rationales("student"), ["1"], coverage=1.0)
     assert lay.rationales("student") == out / "rationales" / "student.jsonl"
+
+
+def test_a_fresh_run_knows_the_shipped_students_training_users(tmp_path):
+    """Without its own distill/, a run reads the shipped student's metrics (the one that wrote the
+    shipped rationales), so held-out measures still leave its training users out."""
+    from slim.artifacts import REPO_ROOT, RunLayout
+    from slim_eval.pipeline import distilled_users
+
+    layout = RunLayout.for_dataset("ml-100k", out=tmp_path)
+    assert layout.distill_metrics == REPO_ROOT / "assets" / "student" / "metrics.json"
+    trained = distilled_users(layout, "ml-100k")
+    assert "526" in trained and len(trained) > 500
+    # the Games student (v3) says nothing about Scientific's users
+    assert distilled_users(RunLayout.for_dataset("amazon-industrial-scientific", out=tmp_path),
+                           "amazon-industrial-scientific") == set()
