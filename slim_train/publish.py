@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .common import add_common, run_dir
@@ -51,20 +52,35 @@ def _digest(text: str) -> str:
 
 
 def rationale_rows(metrics: dict, teacher_file: Path) -> list[dict]:
-    """The exact teacher rows the adapter was trained on, in training order."""
-    rows = {}
+    """The exact teacher rows the adapter was trained on, in training order.
+
+    A teacher file holds one row per (user, split): distill trains on the ``valid`` rows, and the
+    shipped files also carry each user's ``test`` row. Rows are keyed by (user, split); on a
+    re-written key the last row wins, as in slim.rationales.RationaleStore. A user entry of
+    metrics.json names no split, so the row is the one whose text has the recorded digest
+    (``valid`` first).
+    """
+    rows: dict[tuple[str, str], dict] = {}
     with open(teacher_file, "rb") as f:
         for line in f:
-            if line.endswith(b"\n"):
-                r = json.loads(line)
-                if r.get("status") == "ok":
-                    rows[str(r["user_id"])] = r
+            if not line.endswith(b"\n"):
+                continue  # a torn last line (a crash mid-write) is not a row
+            r = json.loads(line)
+            rows[(str(r["user_id"]), str(r.get("split", "valid")))] = r
+    splits: dict[str, list[str]] = {}
+    for uid, split in rows:
+        splits.setdefault(uid, []).append(split)
     val = set(metrics.get("data", {}).get("val_users", []))
     out = []
-    for uid, digest in metrics["users"]:
-        r = rows.get(uid)
-        if r is None or _digest(r["rationale"]) != digest:
-            raise SystemExit(f"{teacher_file}: the row of user {uid} the adapter was trained on is missing or changed")
+    for entry in metrics["users"]:
+        uid, digest = str(entry[0]), entry[1]
+        named = [entry[2]] if len(entry) > 2 else sorted(splits.get(uid, []), key=lambda s: (s != "valid", s))
+        r = next((rows[(uid, s)] for s in named if (uid, s) in rows and rows[(uid, s)].get("status") == "ok"
+                  and _digest(rows[(uid, s)]["rationale"]) == digest), None)
+        if r is None:
+            raise SystemExit(f"{teacher_file}: the row of user {uid} the adapter was trained on is missing or changed "
+                             f"(splits in the file for this user: {named or 'none'}). Fix: pass the teacher file "
+                             "distill read (--teacher-file), or --no-rationales")
         out.append({"user_id": uid, "split": r["split"], "history_len": r.get("history_len"),
                     "teacher": r.get("model"), "prompt_hash": r.get("prompt_hash"), "params": json.dumps(r.get("params")),
                     "rationale": r["rationale"], "steps": r.get("steps"), "is_validation": uid in val})
@@ -103,14 +119,33 @@ items of the source dataset; check its terms before reuse. Generated text may be
 def stage(adapter: Path, staging: Path, repo_id: str, teacher_file: Path | None, dataset_repo: str | None,
           include_rationales: bool) -> dict:
     """Write the exact upload folder(s); returns {"model": Path, "dataset": Path | None, "files": [...]}."""
-    from slim.model_card import build_card
-
     metrics_path = adapter / "metrics.json"
     if not (adapter / "adapter_model.safetensors").exists() or not metrics_path.exists():
         raise SystemExit(f"{adapter} is not a distilled adapter (needs adapter_model.safetensors + metrics.json). "
                          "Fix: python -m slim_train distill")
     metrics = json.loads(metrics_path.read_text())
+    # staged into a temporary sibling, renamed into place only when every file is written: a refused
+    # or failed stage leaves no partial folder (and an earlier complete one stays as it was)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{staging.name}.", suffix=".partial", dir=staging.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the folder is published, not secret
+    try:
+        n_rows, has_dataset = _write_stage(adapter, metrics, tmp, repo_id, teacher_file, dataset_repo,
+                                           include_rationales)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(staging, ignore_errors=True)
+    tmp.rename(staging)
+    files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    return {"model": staging / "model", "dataset": staging / "dataset" if has_dataset else None, "files": files,
+            "rationale_rows": n_rows}
+
+
+def _write_stage(adapter: Path, metrics: dict, staging: Path, repo_id: str, teacher_file: Path | None,
+                 dataset_repo: str | None, include_rationales: bool) -> tuple[int, bool]:
+    from slim.model_card import build_card
+
     model_dir = staging / "model"
     model_dir.mkdir(parents=True)
     for name in MODEL_FILES:
@@ -119,8 +154,8 @@ def stage(adapter: Path, staging: Path, repo_id: str, teacher_file: Path | None,
     public = {k: v for k, v in metrics.items() if k not in ("users", "teacher_file")}
     public["config"] = {k: v for k, v in metrics.get("config", {}).items() if k != "base"}  # local cache path
     (model_dir / "metrics.json").write_text(json.dumps(public, indent=1) + "\n")
-    dataset_dir = None
     n_rows = 0
+    has_dataset = False
     if include_rationales:
         tf = teacher_file or Path(metrics.get("teacher_file", ""))
         if not tf.exists():
@@ -131,13 +166,13 @@ def stage(adapter: Path, staging: Path, repo_id: str, teacher_file: Path | None,
             dataset_dir = staging / "dataset"
             write_parquet(rows, dataset_dir / "data" / "teacher.parquet")
             dataset_card(dataset_repo, repo_id, metrics, n_rows).save(dataset_dir / "README.md")
+            has_dataset = True
         else:
             write_parquet(rows, model_dir / "rationales" / "teacher.parquet")
     card = build_card(metrics, repo_id=repo_id, dataset_repo=dataset_repo,
                       rationales_in_repo=include_rationales and not dataset_repo)
     card.save(model_dir / "README.md")
-    files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-    return {"model": model_dir, "dataset": dataset_dir, "files": files, "rationale_rows": n_rows}
+    return n_rows, has_dataset
 
 
 def push(staged: dict, repo_id: str, dataset_repo: str | None, endpoint: str | None, private: bool,

@@ -260,3 +260,41 @@ def test_push_without_token_fails_before_any_request(tmp_path, adapter_and_teach
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(SystemExit, match="HF_TOKEN"):
         run_publish(tmp_path, adapter, "--repo-id", "me/x", "--endpoint", "http://127.0.0.1:9")
+
+
+def test_shipped_adapter_publishes_with_the_shipped_teacher_file(tmp_path, capsys):
+    """The shipped teacher file holds a ``valid`` and a ``test`` row per user; distill trained on the
+    ``valid`` ones. Keyed by user alone, the ``test`` row overwrote the ``valid`` one and publish refused."""
+    import pandas as pd
+
+    from slim.data import REPO_ROOT
+
+    adapter = REPO_ROOT / "assets" / "student"
+    teacher = REPO_ROOT / "assets" / "rationales" / "ml-100k" / "teacher.jsonl"
+    if not (adapter / "metrics.json").exists() or not teacher.exists():
+        pytest.skip("the shipped ML-100K adapter or teacher file is not in this checkout")
+    staging = tmp_path / "stage"
+    run_publish(tmp_path, adapter, "--repo-id", "me/slim-shipped", "--dry-run", "--staging", str(staging),
+                "--teacher-file", str(teacher))
+    n = len(json.loads((adapter / "metrics.json").read_text())["users"])
+    df = pd.read_parquet(staging / "model" / "rationales" / "teacher.parquet")
+    assert len(df) == n and set(df["split"]) == {"valid"}
+    assert f"({n} rationale rows)" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_refused_publish_leaves_no_partial_staging_folder(tmp_path, adapter_and_teacher):
+    adapter, teacher = adapter_and_teacher
+    bad = tmp_path / "adapter"
+    bad.mkdir()
+    for f in adapter.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    metrics["users"][2][1] = "0" * 16  # a row the teacher file does not have
+    (bad / "metrics.json").write_text(json.dumps(metrics))
+    staging = tmp_path / "stage"
+    with pytest.raises(SystemExit, match="user 3 the adapter was trained on is missing or changed"):
+        run_publish(tmp_path, bad, "--repo-id", "me/x", "--dry-run", "--staging", str(staging))
+    assert not staging.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written beside it
