@@ -257,7 +257,8 @@ def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarra
     c = key["config"]
     model = build_model(c["backbone"], c["variant"], dataset.n_items, c["dim"], c["max_len"], c["layers"],
                         c["heads"], c["dropout"], item_text=item_text,
-                        user_text_dim=udim if c["variant"] in ("teacher", "slim") else None)
+                        user_text_dim=udim if c["variant"] in ("teacher", "slim") else None,
+                        fusion=c.get("fusion", "concat"))
     model.load_state_dict(state)
     model.eval()
     return model

@@ -19,6 +19,9 @@ match-clean     match         student, 3 steps, step (ours) all steps, Step 3 po
                               3 post-filtered
 slim-clean      slim          student, 3 steps, step (ours) SLIM (X) with Step 3 post-filtered
                               3 post-filtered
+slim-gated      slim (gated)  student rationales     (ours) s_u = h_t + g * g_l'(r), g = 0 at init
+teacher-gated   teacher       teacher rationales     (ours) the same gate with the teacher's rationales
+                (gated)
 ==============  ============  =====================  ==========================================
 
 ``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from slim.artifacts import student_adapter
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
-                 "match-teacher", "match-step3-clean", "match-clean", "slim-clean")
+                 "match-teacher", "match-step3-clean", "match-clean", "slim-clean", "slim-gated", "teacher-gated")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class VariantSpec:
     step: int | None = None  # 1..3: only that step of the rationale; None: all steps
     tag: str = ""  # FitConfig.tag: keeps checkpoint names of same-model variants apart
     clean_step3: bool = False  # Step 3 post-filtered (slim.step3_filter) before encoding
+    fusion: str = "concat"  # FitConfig.fusion: "gated" starts from X+ and lets the rationale in by a gate
 
     @property
     def has_backbone(self) -> bool:
@@ -62,6 +66,9 @@ def spec(name: str) -> VariantSpec:
         return VariantSpec("teacher", "teacher", rationales="teacher")
     if name == "slim":
         return VariantSpec("slim", "slim", rationales="student")
+    if name in ("slim-gated", "teacher-gated"):
+        who = name.split("-")[0]
+        return VariantSpec(name, who, rationales="student" if who == "slim" else "teacher", tag="gated", fusion="gated")
     if name == "slim-clean":
         return VariantSpec(name, "slim", rationales="student", tag="clean", clean_step3=True)
     if name == "match":

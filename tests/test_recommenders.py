@@ -308,3 +308,33 @@ def test_a_changed_rationale_is_refused_naming_the_split_and_the_user(small, ite
     with pytest.raises(ValueError, match=rf"user_text/valid: the texts or encoder differ.*user rows: \[{k}\]") as e:
         load_fitted(fm.checkpoint_dir, small, item_text=item_text, user_text=changed.vectors)
     assert "user_text/test" not in str(e.value)  # the test split's texts did not change
+
+
+def test_gated_fusion_starts_as_the_item_text_model_and_learns_its_gate(small, item_text, user_text, tmp_path):
+    """slim-gated: s_u = h_t + g * g_l'(r) with g = 0 at init, so before training the rationale changes
+    nothing (the model is X+ with an unused branch); after training the gate has moved."""
+    from slim.recommenders.fusion import GatedUserTextFusion
+
+    torch.manual_seed(0)
+    m = build_model("sasrec", "slim", small.n_items, dim=16, max_len=20, dropout=0.0, item_text=item_text,
+                    user_text_dim=user_text["valid"].shape[1], fusion="gated")
+    assert isinstance(m.user_fusion, GatedUserTextFusion)
+    seq = torch.as_tensor(history_matrix(small, np.arange(4), "test", 20))
+    uvec = torch.as_tensor(user_text["test"][:4])
+    assert torch.equal(m.score_last(seq, uvec), m.score_last(seq, torch.zeros_like(uvec)))
+    cfg = FitConfig(backbone="sasrec", variant="slim", fusion="gated", tag="gated", epochs=2, eval_every=1, **FAST)
+    fm = fit(small, cfg, tmp_path, item_text=item_text, user_text=user_text, progress=False)
+    assert fm.model.user_fusion.gate.abs().sum() > 0
+    assert fm.record["key"]["config"]["fusion"] == "gated"
+    reloaded = load_fitted(fm.checkpoint_dir, small, item_text=item_text, user_text=user_text)
+    assert torch.equal(reloaded.score(torch.arange(3), "test"), fm.score(torch.arange(3), "test"))
+
+
+def test_a_default_late_option_leaves_the_checkpoint_key_unchanged(small):
+    """FitConfig fields added after checkpoints shipped (fusion) stay out of the key at their default,
+    so a new option does not orphan every fitted model."""
+    from slim.recommenders.train import checkpoint_key
+
+    key = checkpoint_key(small, FitConfig(variant="id"), None, None)
+    assert "fusion" not in key["config"]
+    assert checkpoint_key(small, FitConfig(variant="slim", fusion="gated"), np.zeros((2, 2)), {})["config"]["fusion"] == "gated"

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from slim.recommenders.base import IDItemEncoder, SeqRecModel
-from slim.recommenders.fusion import TextItemEncoder, UserTextFusion
+from slim.recommenders.fusion import GatedUserTextFusion, TextItemEncoder, UserTextFusion
 from slim.recommenders.gru4rec import GRU4Rec
 from slim.recommenders.match import TextMatcher
 from slim.recommenders.sasrec import SASRec
@@ -19,6 +19,7 @@ from slim.recommenders.srgnn import SRGNN
 
 BACKBONES = ("sasrec", "gru4rec", "srgnn")
 VARIANTS = ("id", "text", "teacher", "slim", "match")
+FUSIONS = ("concat", "gated")  # user-side fusion of the rationale: the paper's concatenation, or a zero-init gate
 ITEM_TEXT_VARIANTS = ("text", "teacher", "slim", "match")
 USER_TEXT_VARIANTS = ("teacher", "slim", "match")
 
@@ -45,6 +46,7 @@ def build_model(
     dropout: float = 0.2,
     item_text: np.ndarray | None = None,
     user_text_dim: int | None = None,
+    fusion: str = "concat",
 ) -> nn.Module:
     """Backbone x variant -> a module with ``pair_logits``, ``score_last``, ``needs_user_text``."""
     if variant not in VARIANTS:
@@ -56,15 +58,18 @@ def build_model(
     item_encoder: nn.Module = IDItemEncoder(n_items, dim)
     if variant in ("text", "teacher", "slim"):
         item_encoder = TextItemEncoder(item_encoder, item_text)
-    fusion = None
     if variant in ("teacher", "slim"):
         if user_text_dim is None:
             raise ValueError(f"variant {variant!r} needs user_text (rationale vectors per split)")
-        fusion = UserTextFusion(dim, user_text_dim)
-    return SeqRecModel(item_encoder, build_backbone(backbone, dim, max_len, layers, heads, dropout), fusion)
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+        user_fusion = (GatedUserTextFusion if fusion == "gated" else UserTextFusion)(dim, user_text_dim)
+    else:
+        user_fusion = None
+    return SeqRecModel(item_encoder, build_backbone(backbone, dim, max_len, layers, heads, dropout), user_fusion)
 
 
 __all__ = [
     "BACKBONES", "VARIANTS", "build_model", "build_backbone", "SeqRecModel", "IDItemEncoder",
-    "TextItemEncoder", "UserTextFusion", "TextMatcher", "SASRec", "GRU4Rec", "SRGNN",
+    "TextItemEncoder", "UserTextFusion", "GatedUserTextFusion", "FUSIONS", "TextMatcher", "SASRec", "GRU4Rec", "SRGNN",
 ]

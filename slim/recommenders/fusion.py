@@ -54,3 +54,22 @@ class UserTextFusion(nn.Module):
     def forward(self, hidden: torch.Tensor, user_vec: torch.Tensor) -> torch.Tensor:
         u = self.g_l(user_vec)[:, None, :].expand(-1, hidden.shape[1], -1)
         return self.g_f(torch.cat([u, hidden], -1))
+
+
+class GatedUserTextFusion(nn.Module):
+    """s_u = h_t + g * g_l'(rationale_u), with the per-dimension gate g starting at exactly 0 (ours).
+
+    Why: with the paper's concatenation a rationale that carries no signal still rewires the user
+    state through g_f' and can pull SLIM below X+; here the model starts as X+ (g = 0 leaves h_t
+    untouched) and lets the rationale in only as far as training finds it useful (ReZero-style
+    zero init; g's gradient is non-zero from the first step because g_l'(r) is not). The item side
+    stays X+'s concatenation: gating it too would start from plain X, not X+.
+    """
+
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.g_l = nn.Linear(text_dim, dim)
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, hidden: torch.Tensor, user_vec: torch.Tensor) -> torch.Tensor:
+        return hidden + (self.gate * self.g_l(user_vec))[:, None, :]

@@ -70,6 +70,7 @@ class FitConfig:
     batch_size: int = 128
     weight_decay: float = 0.0
     tag: str = ""
+    fusion: str = "concat"  # teacher/slim: "concat" (paper, Eq. 6) or "gated" (zero-init gate, ours)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -209,12 +210,21 @@ def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_t
     needs_users = cfg.variant in USER_TEXT_VARIANTS
     return {
         "format": FORMAT_VERSION,
-        "config": asdict(cfg),
+        "config": _config_key(cfg),
         "dataset": {"name": dataset.name, "fingerprint": dataset_fingerprint(dataset), "n_items": dataset.n_items},
         "item_text": text_inputs_key(item_text) if needs_items else None,
         "user_text": ({s: text_inputs_key(v) for s, v in sorted(user_text.items())}
                       if needs_users and user_text else None),
     }
+
+
+# fields added to FitConfig after checkpoints were shipped: left out of the key at their default, so a
+# new option does not orphan every fitted model (the value is still in the record's config)
+LATE_FIELDS = {"fusion": "concat"}
+
+
+def _config_key(cfg: FitConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items() if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}
 
 
 def _text_inputs(item_text, user_text) -> dict[str, Any]:
@@ -336,7 +346,7 @@ def _build(cfg: FitConfig, dataset: SequentialDataset, item_text, user_text) -> 
                 raise ValueError(f"user_text[{split!r}] has {v.shape[0]} rows; the dataset has {dataset.n_users} users")
         udim = int(user_text["valid"].shape[1])
     return build_model(cfg.backbone, cfg.variant, dataset.n_items, cfg.dim, cfg.max_len, cfg.layers, cfg.heads,
-                       cfg.dropout, item_text=item_text, user_text_dim=udim)
+                       cfg.dropout, item_text=item_text, user_text_dim=udim, fusion=cfg.fusion)
 
 
 # ---------------------------------------------------------------------------------------
