@@ -18,10 +18,13 @@ Multi-GPU (DDP through accelerate; batch size is per process)::
     accelerate launch --multi_gpu --num_processes 4 -m slim_train distill --dataset ml-100k --precision bf16
 
 The training loop is a compact manual accelerate loop rather than ``transformers.Trainer``: the
-data order is a pure function of (seed, epoch), each process takes its slice of every global
-batch, and the checkpoint records the exact optimizer step, so resuming is "skip k batches" with no
-sampler or RNG state to restore, and validation loss is an exact token-weighted sum reduced across
-processes (no padded duplicate samples).
+data order is a pure function of (seed, epoch) (its digest is checked on resume), each process takes
+its slice of every global batch, and the checkpoint records the exact optimizer step plus every
+process's RNG state (torch, CUDA, numpy, python: the LoRA dropout masks), so a resumed run equals an
+uninterrupted one bit for bit. Rows of ``log.jsonl`` after the checkpoint's step (logged before a
+kill) are dropped on resume. Checkpoints are swapped in by rename with a completeness marker; a kill
+at any point leaves a complete one that the rerun finds (``recover_checkpoint``). Validation loss is
+an exact token-weighted sum reduced across processes (no padded duplicate samples).
 """
 from __future__ import annotations
 
@@ -191,26 +194,147 @@ def global_batches(order: list[int], per_process: int, world: int) -> list[list[
 # ---------------------------------------------------------------------------------------
 # checkpoint
 # ---------------------------------------------------------------------------------------
-def save_checkpoint(ckpt: Path, model, optimizer, state: dict) -> None:
-    """Adapter (safetensors) + optimizer state_dict + position, swapped in atomically."""
+COMPLETE = "COMPLETE"  # written last into a checkpoint folder: everything before it is on disk
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)  # one name so a test can crash the swap between its two renames
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(ckpt: Path, model, optimizer, state: dict, rng: list[dict] | None = None) -> None:
+    """Adapter (safetensors) + optimizer state_dict + position + every process's RNG state.
+
+    Written into ``checkpoint.tmp``, marked complete (``COMPLETE`` last), then swapped in with two
+    renames (``checkpoint`` -> ``checkpoint.old``, ``.tmp`` -> ``checkpoint``). A kill at any point
+    leaves at least one complete folder, and :func:`recover_checkpoint` picks it (the newest).
+    """
     import torch
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if rng is not None:
+        (tmp / "rng.json").write_text(json.dumps(rng) + "\n")
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    (tmp / COMPLETE).write_text(f"{state['step']}\n")
+    _fsync_dir(tmp)
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
+        _rename(ckpt, old)
+    _rename(tmp, ckpt)
+    _fsync_dir(ckpt.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / COMPLETE).exists() and (folder / "state.json").exists()
+
+
+def recover_checkpoint(ckpt: Path) -> str | None:
+    """Make ``ckpt`` the newest complete checkpoint among ``ckpt``, ``.tmp`` and ``.old``; say what was done.
+
+    States a kill can leave: ``tmp`` half-written (ignored), ``old`` + complete ``tmp`` (killed between
+    the two renames: ``tmp`` is the newest), ``old`` + ``ckpt`` (killed before the cleanup). A
+    checkpoint from before the ``COMPLETE`` marker existed counts as complete when it is ``ckpt`` itself.
+    """
+    tmp, old = ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")
+    note = None
+    if tmp.exists() and _complete(tmp):  # a complete tmp is always the newest
+        if ckpt.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            _rename(ckpt, old)
+        _rename(tmp, ckpt)
+        note = f"resuming from the complete {tmp.name} (the swap into {ckpt.name} was interrupted)"
+    elif not ckpt.exists() and old.exists() and _complete(old):
+        _rename(old, ckpt)
+        note = f"resuming from {old.name} (the swap into {ckpt.name} was interrupted)"
+    if ckpt.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return note
 
 
 def load_state(ckpt: Path) -> dict | None:
     f = ckpt / "state.json"
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def capture_rng() -> dict:
+    """This process's RNG states (torch CPU, CUDA, numpy, python) as JSON-able values."""
+    import base64
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    out = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+           "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+           "python": [version, list(internal), gauss_next]}
+    if torch.cuda.is_available():
+        out["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def restore_rng(rng: dict) -> None:
+    import base64
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+                                      for s in rng["cuda"]])
+
+
+def order_digest(order: list[int]) -> str:
+    return hashlib.sha256(json.dumps(order).encode()).hexdigest()[:16]
+
+
+def trim_log(log_path: Path, step: int) -> int:
+    """Drop log rows of steps after ``step`` (logged before a kill, redone after the resume); returns how many.
+
+    Without this a resumed run's log holds the redone steps twice, and the card's seconds_per_step and
+    curve count them twice.
+    """
+    if not log_path.exists():
+        return 0
+    lines = log_path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        if not line.endswith("\n"):
+            continue  # torn last line
+        row = json.loads(line)
+        if "event" not in row and row.get("step", 0) > step:
+            continue
+        keep.append(line)
+    dropped = len(lines) - len(keep)
+    if dropped:
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, log_path)
+    return dropped
 
 
 def lr_at(step: int, total: int, cfg: DistillConfig) -> float:
@@ -301,16 +425,32 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     rank, world = accelerator.process_index, accelerator.num_processes
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint"
-    if restart and accelerator.is_main_process:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if accelerator.is_main_process:
+        if restart:
+            for suffix in ("", ".tmp", ".old"):
+                shutil.rmtree(ckpt.with_name(ckpt.name + suffix), ignore_errors=True)
+        else:
+            note = recover_checkpoint(ckpt)
+            if note:
+                print(f"distill: {note}", file=sys.stderr)
     accelerator.wait_for_everyone()
     state = load_state(ckpt)
     if state and state["config_key"] != cfg.trainable_key():
         raise SystemExit(f"{ckpt} was made with different settings {state['config_key']}; use --restart")
+    if state and state.get("world", world) != world:
+        raise SystemExit(f"{ckpt} was trained by {state['world']} process(es), this run has {world}: the global "
+                         "batch and the step count would change meaning; relaunch with the same --num_processes "
+                         "or use --restart")
     # checked and read before the base model loads, so a wrong folder fails in a second, not after it
     init_weights = load_init_adapter(cfg) if cfg.init_adapter and not state else None
 
+    import random
+
+    import numpy as np
+
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     chosen = select_rows(rows, meta.get("users"), state)
     examples, stats = build_examples(dataset, chosen, tokenizer, cfg.max_len, cfg.max_history)
@@ -329,6 +469,10 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    if rank:
+        # the LoRA init above is the same on every process (and DDP broadcasts rank 0's anyway); the
+        # dropout masks that follow must differ between processes, which see different examples
+        torch.manual_seed(cfg.seed * 1_000_003 + rank)
     if state:
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     elif init_weights is not None:
@@ -373,6 +517,14 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
 
     step = state["step"] if state else 0
     history = state["history"] if state else {"val": [], "initial_val_loss": None, "train_seconds": 0.0}
+    if state:
+        saved_order = state.get("data_order")
+        if saved_order and saved_order["digest"] != order_digest(
+                epoch_order(len(train_ex), cfg.seed, saved_order["epoch"])):
+            raise SystemExit(f"{ckpt}: the data order of epoch {saved_order['epoch']} differs from the one the "
+                             "checkpoint was trained on (numpy's generator changed?); use --restart")
+        if accelerator.is_main_process:
+            trim_log(log_path, step)
     if state is None:
         log({"event": "start", "train_examples": len(train_ex), "val_examples": len(val_ex),
              "steps_per_epoch": steps_per_epoch, "total_steps": total, "world": world, "config": asdict(cfg),
@@ -385,12 +537,34 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
         log({"event": "resume", "step": step, "total_steps": total})
 
     def snapshot() -> dict:
-        return {"step": step, "config_key": cfg.trainable_key(), "config": asdict(cfg), "history": history,
-                "data": data_record}
+        epoch = step // steps_per_epoch
+        return {"step": step, "world": world, "config_key": cfg.trainable_key(), "config": asdict(cfg),
+                "history": history, "data": data_record,
+                "data_order": {"epoch": epoch, "in_epoch": step % steps_per_epoch,
+                               "digest": order_digest(epoch_order(len(train_ex), cfg.seed, epoch))}}
+
+    def gather_rng(mine: dict) -> list[dict]:
+        """Every process's RNG state, in rank order (a collective: all processes call it)."""
+        if world == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        out = [None] * world
+        dist.all_gather_object(out, mine)
+        return out
+
+    if state and (ckpt / "rng.json").exists():
+        rngs = json.loads((ckpt / "rng.json").read_text())
+        restore_rng(rngs[rank])  # dropout continues exactly where the killed run was
+    elif state:
+        print(f"distill: {ckpt} has no RNG state (written by an older version): dropout masks after the resume "
+              "differ from an uninterrupted run's", file=sys.stderr)
 
     model.train()
     last_loss = None
     stopped = False
+    rng_now = capture_rng()  # the RNG state that belongs to position ``step``
+    updating = False  # between optimizer.step() and the step counter: no consistent state to save
     try:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -400,6 +574,7 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                 if step >= total:
                     break
                 t0 = time.perf_counter()
+                rng_now = capture_rng()
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(step, schedule_total, cfg)
                 micro = [collate([train_ex[j] for j in gb[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]],
@@ -417,9 +592,12 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                         accelerator.backward(loss * (n / group_tok))
                     loss_sum += float(loss.detach()) * n
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                updating = True
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                rng_now = capture_rng()
+                updating = False
                 last_loss = loss_sum / group_tok
                 if not math.isfinite(last_loss):
                     raise FloatingPointError(f"loss is {last_loss} at step {step}; lower --lr")
@@ -436,15 +614,22 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                     history["val"].append([step, v])
                 history["last_loss"] = last_loss
                 log(row)
-                if accelerator.is_main_process and (step % cfg.save_every == 0 or end_of_epoch or step == total):
-                    save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, snapshot())
+                if step % cfg.save_every == 0 or end_of_epoch or step == total:
+                    rngs = gather_rng(rng_now)
+                    if accelerator.is_main_process:
+                        save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, snapshot(), rngs)
                 accelerator.wait_for_everyone()
     except KeyboardInterrupt:
         stopped = True
         if accelerator.is_main_process:
-            save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, snapshot())
-            print(f"\ninterrupted: checkpoint at step {step} in {ckpt}; rerun the same command to resume",
-                  file=sys.stderr)
+            if world == 1 and not updating:
+                save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, snapshot(), [rng_now])
+                print(f"\ninterrupted: checkpoint at step {step} in {ckpt}; rerun the same command to resume",
+                      file=sys.stderr)
+            else:  # the other processes' RNG states cannot be gathered from a dying job
+                last = load_state(ckpt)
+                print(f"\ninterrupted: the last checkpoint is at step {last['step'] if last else 0} in {ckpt}; "
+                      "rerun the same command to resume", file=sys.stderr)
     if stopped:
         raise SystemExit(130)
 

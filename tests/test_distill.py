@@ -1,4 +1,5 @@
-"""distill: label masking, a 2-3 step run on real ML-100K histories, resume == uninterrupted run.
+"""distill: label masking, a 2-3 step run on real ML-100K histories, resume == uninterrupted run (with
+dropout, after a kill between the checkpoint renames or between a log row and its checkpoint).
 
 Real models (the converted SmolLM2 folder), tiny settings: 8 users, 5 titles, 256 tokens, batch 2.
 """
@@ -90,10 +91,11 @@ def test_build_examples_skips_rows_that_do_not_match(ds, tokenizer):
 
 
 def run_cli(tmp_path, teacher, *extra) -> dict:
+    """A tiny distillation with the DEFAULT LoRA dropout (0.05): resume equality must hold with dropout on."""
     from slim_train.__main__ import main
 
     main(["distill", "--dataset", "ml-100k", "--out", str(tmp_path), "--teacher-file", str(teacher),
-          "--batch-size", "2", "--max-len", "256", "--max-history", "5", "--epochs", "2", "--lora-dropout", "0",
+          "--batch-size", "2", "--max-len", "256", "--max-history", "5", "--epochs", "2",
           "--val-fraction", "0.25", "--save-every", "1", "--no-gguf", "--warmup-steps", "1", *extra])
     return [json.loads(x) for x in (tmp_path / "distill" / "log.jsonl").read_text().splitlines()]
 
@@ -104,7 +106,20 @@ def adapter_tensors(folder):
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path):
+class Killed(BaseException):
+    """Stands in for kill -9: nothing in train() catches it, nothing is saved on the way out."""
+
+
+def assert_same_adapter(a, b):
+    ta, tb = adapter_tensors(a), adapter_tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=0)  # bit-identical: same RNG, data, optimizer
+
+
+def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path, monkeypatch):
+    import slim_train.distill as distill
+
     teacher = tmp_path / "teacher.jsonl"
     write_jsonl(teacher, teacher_rows(ds, 8))
 
@@ -116,6 +131,7 @@ def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path):
     assert all(math.isfinite(r["loss"]) for r in steps)
     start = log_a[0]
     assert start["event"] == "start" and start["train_examples"] + start["val_examples"] == 8
+    assert start["config"]["lora_dropout"] == 0.05
     assert start["data"]["skipped"] == {}  # the rejected row never reaches the example builder
     assert math.isfinite(log_a[1]["val_loss"])  # the initial validation loss
 
@@ -131,20 +147,100 @@ def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path):
     card = ModelCard.load(adapter / "README.md")
     assert card.data.base_model == STUDENT_NAME and card.data.library_name == "peft"
 
-    # interrupted after 2 steps, then the same command with a larger budget continues at step 3
+    # killed between the two renames of the step-2 checkpoint swap: only checkpoint.old (step 1) and a
+    # complete checkpoint.tmp (step 2) are on disk
     b = tmp_path / "b"
-    run_cli(b, teacher, "--max-steps", "2")
-    assert json.loads((b / "distill" / "checkpoint" / "state.json").read_text())["step"] == 2
+    calls = []
+    real_rename = distill._rename
+
+    def crashing_rename(src, dst):
+        calls.append((src.name, dst.name))
+        if len(calls) == 3:  # step 1: tmp->checkpoint; step 2: checkpoint->old, then tmp->checkpoint
+            raise Killed
+        real_rename(src, dst)
+
+    monkeypatch.setattr(distill, "_rename", crashing_rename)
+    with pytest.raises(Killed):
+        run_cli(b, teacher, "--max-steps", "3")
+    monkeypatch.setattr(distill, "_rename", real_rename)
+    on_disk = sorted(p.name for p in (b / "distill").iterdir() if p.name.startswith("checkpoint"))
+    assert on_disk == ["checkpoint.old", "checkpoint.tmp"]
+    # the same command resumes from the newest complete one (step 2), not from step 0
     log_b = run_cli(b, teacher, "--max-steps", "3")
     resume = [r for r in log_b if r.get("event") == "resume"]
     assert resume and resume[0]["step"] == 2
     assert [r["step"] for r in log_b if "loss" in r] == [1, 2, 3]
-    # same data order, lr and optimizer state: the resumed run equals the uninterrupted one
-    ta, tb = adapter_tensors(adapter), adapter_tensors(b / "distill" / "adapter")
-    assert ta.keys() == tb.keys()
-    for k in ta:
-        torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
-    assert [r["loss"] for r in log_b if "loss" in r] == pytest.approx([r["loss"] for r in steps], rel=1e-4)
+    assert sorted(p.name for p in (b / "distill").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    # same data order, lr, optimizer state and dropout RNG: the resumed run equals the uninterrupted one
+    assert_same_adapter(adapter, b / "distill" / "adapter")
+    assert [r["loss"] for r in log_b if "loss" in r] == [r["loss"] for r in steps]
+
+
+def test_resume_after_a_step_logged_but_not_checkpointed_equals_the_uninterrupted_run(ds, tmp_path):
+    """Stopped at step 2 with the row of step 3 already in log.jsonl (a kill between the log and the save):
+    the rerun redoes step 3 with the same dropout masks and keeps one row per step."""
+    teacher = tmp_path / "teacher.jsonl"
+    write_jsonl(teacher, teacher_rows(ds, 8))
+    log_a = run_cli(tmp_path / "a", teacher, "--max-steps", "3")
+    c = tmp_path / "c"
+    run_cli(c, teacher, "--max-steps", "2")
+    state = json.loads((c / "distill" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and state["data_order"]["epoch"] == 0
+    rng = json.loads((c / "distill" / "checkpoint" / "rng.json").read_text())
+    assert len(rng) == 1 and {"torch", "numpy", "python"} <= rng[0].keys()
+    with open(c / "distill" / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "epoch": 1.0, "loss": 9.99, "seconds": 100.0}) + "\n")
+    log_c = run_cli(c, teacher, "--max-steps", "3")
+    train_c = [r for r in log_c if "loss" in r]
+    assert [r["step"] for r in train_c] == [1, 2, 3]
+    assert [r["loss"] for r in train_c] == [r["loss"] for r in log_a if "loss" in r]
+    assert_same_adapter(tmp_path / "a" / "distill" / "adapter", c / "distill" / "adapter")
+    metrics = json.loads((c / "distill" / "adapter" / "metrics.json").read_text())
+    assert metrics["seconds_per_step"] == pytest.approx(sum(r["seconds"] for r in train_c) / 3)
+
+
+def test_recover_checkpoint_picks_the_newest_complete_folder(tmp_path):
+    from slim_train.distill import COMPLETE, recover_checkpoint
+
+    def folder(name, step, complete=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "state.json").write_text(json.dumps({"step": step}))
+        if complete:
+            (d / COMPLETE).write_text(f"{step}\n")
+
+    ckpt = tmp_path / "checkpoint"
+    folder("checkpoint.old", 1)
+    folder("checkpoint.tmp", 2)  # killed between the renames
+    assert "checkpoint.tmp" in recover_checkpoint(ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+    folder("checkpoint.tmp", 3, complete=False)  # killed while writing: ignored and removed
+    assert recover_checkpoint(ckpt) is None
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+    folder("checkpoint.tmp", 4)  # complete, killed before the first rename: newer than checkpoint
+    recover_checkpoint(ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+
+    ckpt.rename(tmp_path / "checkpoint.old")  # killed after the first rename with a half tmp
+    folder("checkpoint.tmp", 5, complete=False)
+    assert "checkpoint.old" in recover_checkpoint(ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_trim_log_drops_rows_after_the_checkpoint(tmp_path):
+    from slim_train.distill import trim_log
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"event": "start"}, {"step": 0, "val_loss": 2.0}, {"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.4},
+            {"step": 3, "loss": 1.3, "val_loss": 1.9}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    assert trim_log(log, 2) == 2  # step 3 and the torn line
+    assert [json.loads(x) for x in log.read_text().splitlines()] == rows[:4]
 
 
 def test_init_adapter_continues_from_an_existing_student(ds, tmp_path):
