@@ -59,7 +59,8 @@ from .artifacts import student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
 from .prompts import _STEP_RE, parse_steps, prompt_hash, student_messages, teacher_messages
 from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
-from .uploads import Catalogue, History, UploadError, history_from_file, history_from_text, history_from_titles
+from .uploads import (Catalogue, History, UploadError, check_text, history_from_file,
+                      history_from_picks, history_from_text, history_from_titles, loads_json, shown)
 
 PAPER_URL = "https://arxiv.org/abs/2403.04260"
 DEFAULT_DATASET = "ml-100k"
@@ -392,10 +393,16 @@ class DemoService:
                 notes.append(f"- **{name}**{'' if st.offered else ' is not in the picker'}: {st.reason}.")
         return "\n".join(lines + ([""] + notes if notes else []))
 
-    def check_dataset(self, name: str) -> str:
-        name = (name or DEFAULT_DATASET).strip()
+    def check_dataset(self, name: Any) -> str:
+        if name is None or name == "":
+            return DEFAULT_DATASET
+        if not isinstance(name, str):
+            raise UploadError(f"The dataset must be a name (text), not {type(name).__name__}. "
+                              f"Fix: one of {', '.join(self.available_datasets())}.")
+        name = name.strip()
         if name not in self.available_datasets():
-            raise UploadError(f"Unknown dataset {name!r}; choose one of {self.available_datasets()}.")
+            raise UploadError(f"Unknown dataset {shown(name, 40)}. Fix: choose one of "
+                              f"{', '.join(self.available_datasets())}.")
         return name
 
     def dataset(self, name: str) -> SequentialDataset:
@@ -426,12 +433,18 @@ class DemoService:
     # ---- requests ------------------------------------------------------------------------
     def request_for_user(self, name: str, user_id: str) -> Request:
         ds = self.dataset(name)
-        uid = str(user_id or "").strip()
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            user_id = str(user_id)
+        if user_id is not None and not isinstance(user_id, str):
+            raise UploadError(f"The user id must be text, not {type(user_id).__name__}. Fix: a user id such as "
+                              f"{self.user_ids(name)[0]!r}.")
+        uid = (user_id or "").strip()
         if not uid:
             raise UploadError("No user chosen. Fix: pick a user id (or press Random user).")
-        where = np.flatnonzero(ds.user_ids.astype(str) == uid)
+        where = np.flatnonzero(ds.user_ids.astype(str) == uid) if len(uid) <= 64 else []
         if len(where) == 0:
-            raise UploadError(f"User {uid!r} is not in {name} (ids look like {', '.join(self.user_ids(name)[:3])}).")
+            raise UploadError(f"User {shown(uid, 40)} is not in {name}. Fix: pick an id from the list "
+                              f"(ids look like {', '.join(self.user_ids(name)[:3])}).")
         u = int(where[0])
         hist = [int(i) for i in ds.history(u, "test")]
         return Request(name, ds.titles(hist[-20:]), hist[-20:], uid, u, ds.target(u, "test"), None, hist)
@@ -444,31 +457,46 @@ class DemoService:
         """The one custom input the visitor gave (file, else pasted text, else picked titles)."""
         cat = self.catalogue(name)
         if file_path:
+            if not isinstance(file_path, str):
+                raise UploadError("The upload did not arrive as a file. Fix: upload the file again.")
             return history_from_file(file_path, cat)
+        if pasted is not None and not isinstance(pasted, str):
+            check_text(pasted, "pasted text")
         if pasted and pasted.strip():
             return history_from_text(pasted, cat)
         if picked:
-            return history_from_titles(list(picked), cat)
+            return history_from_picks(picked, cat)
         raise UploadError("No history given. Fix: upload a CSV/JSON file, paste titles (one per line) "
                           "or pick titles from the list.")
 
-    def resolve(self, name: str, user_or_titles: str | Sequence[str] | None) -> Request:
-        """The API's input: a dataset user id (str) or a list of titles (oldest first)."""
+    def resolve(self, name: Any, user_or_titles: Any) -> Request:
+        """The API's input: a dataset user id (text, or an integer) or a history: a list of titles (oldest
+        first), the same as JSON text, or ``{"titles": [...]}`` as a JSON upload may hold."""
         name = self.check_dataset(name)
-        if isinstance(user_or_titles, str):
-            s = user_or_titles.strip()
-            if "\n" in s:
+        value = user_or_titles
+        if isinstance(value, bool) or value is None:
+            raise UploadError("Give a dataset user id or a list of titles (oldest first). "
+                              "Fix: \"196\" or [\"Toy Story\", \"Fargo\", \"Babe\"].")
+        if isinstance(value, int):
+            return self.request_for_user(name, str(value))
+        if isinstance(value, str):
+            s = check_text(value, "input").strip()
+            if "\n" in s or "\r" in s:
                 return self.request_for_history(name, history_from_text(s, self.catalogue(name)))
-            if s.startswith("["):
+            if s and s[0] in "[{":
                 try:
-                    parsed = json.loads(s)
+                    parsed = loads_json(s)
                 except json.JSONDecodeError:
-                    raise UploadError("The input starts with '[' but is not a JSON list of titles.") from None
+                    raise UploadError(f"The input starts with {s[0]!r} but is not a JSON list of titles. "
+                                      "Fix: [\"Toy Story\", \"Fargo\", \"Babe\"].") from None
+                if isinstance(parsed, str):
+                    parsed = [parsed]
                 return self.request_for_history(name, history_from_titles(parsed, self.catalogue(name)))
             return self.request_for_user(name, s)
-        if user_or_titles is None:
-            raise UploadError("Give a dataset user id or a list of titles.")
-        return self.request_for_history(name, history_from_titles(list(user_or_titles), self.catalogue(name)))
+        if isinstance(value, (list, tuple, dict)):
+            return self.request_for_history(name, history_from_titles(value, self.catalogue(name)))
+        raise UploadError(f"Expected a user id or a list of titles, not {type(value).__name__}. "
+                          "Fix: \"196\" or [\"Toy Story\", \"Fargo\", \"Babe\"].")
 
     # ---- models ----------------------------------------------------------------------------
     def adapter_path(self, name: str = DEFAULT_DATASET) -> Path:
