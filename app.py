@@ -26,6 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import html  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,8 +36,10 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from slim.demo import PAPER_URL, DemoService, Ranked, Request, Update, find_reports  # noqa: E402
-from slim.uploads import FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, MIN_HISTORY, UploadError  # noqa: E402
+from slim.uploads import (FUZZY_THRESHOLD, MAX_HISTORY, MAX_QUERY_CHARS, MAX_ROWS, MAX_UPLOAD_BYTES,  # noqa: E402
+                          MIN_HISTORY, TIMESTAMP_RULE, UploadError, shown)
 
+log = logging.getLogger("app")
 # where assets/ and runs/ are read from: this checkout, or another artefact tree (SLIM_ROOT)
 ROOT = Path(os.environ.get("SLIM_ROOT") or Path(__file__).resolve().parent).resolve()
 TEMPLATE = ROOT / "assets" / "history_template.csv"
@@ -63,13 +66,18 @@ ABOUT = f"""
 
 UPLOAD_HELP = f"""
 **File format.** CSV with a header row and a `title` column (one item per row, oldest first); an optional
-`timestamp` column (Unix seconds or an ISO date like `2024-01-31`) orders the rows. Other columns are ignored.
-JSON: `["Title 1", "Title 2"]` or `[{{"title": "..."}}]`; JSONL: one `{{"title": "..."}}` per line.
-Limits: {MAX_UPLOAD_BYTES // 1_000_000} MB, UTF-8 preferred (Latin-1 is read with a warning).
+`timestamp` column (Unix seconds or an ISO date like `2024-01-31`) orders the rows: {TIMESTAMP_RULE}.
+Other columns are ignored. JSON: `["Title 1", "Title 2"]`, `{{"titles": [...]}}` or `[{{"title": "..."}}]`;
+JSONL: one `{{"title": "..."}}` per line. UTF-8 preferred (UTF-16 and Latin-1 are read with a warning).
+{{limits}}
 Titles are matched to the catalogue exactly (case and a trailing year ignored), then fuzzily
 (score >= {FUZZY_THRESHOLD:.0f}/100); unknown titles are listed as dropped. At least {MIN_HISTORY} matched
 items are needed; only the most recent {MAX_HISTORY} are used.
 """
+LIMITS_MD = (f"**Limits** (files, pasted text, picks and the API alike): at most {MAX_ROWS:,} titles, "
+             f"{MAX_QUERY_CHARS} characters per title (longer rows are dropped), {MAX_UPLOAD_BYTES // 1_000_000} MB "
+             "in total; a bigger input is refused before any matching.")
+UPLOAD_HELP = UPLOAD_HELP.replace("{limits}", LIMITS_MD)
 
 CSS = """
 #teacher, #student {min-height: 12rem; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6rem;}
@@ -82,6 +90,19 @@ service = DemoService(ROOT)
 # ---------------------------------------------------------------------------------------
 # formatting (presentation only)
 # ---------------------------------------------------------------------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$:])")
+
+
+def md_text(text: object) -> str:
+    """Any text that may hold user input, made inert for gr.Markdown: HTML escaped (``<img onerror>``,
+    ``<script>`` show as typed), Markdown punctuation backslash-escaped (no links, emphasis, headings)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def error_md(message: object) -> str:
+    return f"**Error:** {md_text(message)}"
+
+
 def _styled(df: pd.DataFrame):
     """Highlight the held-out next item's row."""
     if df.empty:
@@ -120,7 +141,7 @@ def _status(req: Request) -> str:
     h = req.history
     parts = [f"Matched **{len(h.items)}** item(s) from your history"
              + (f"; dropped **{len(h.dropped)}** (see below)." if h.dropped else ".")]
-    parts += [f"Note: {n}" for n in h.notices]
+    parts += [f"Note: {md_text(n)}" for n in h.notices]
     return "\n\n".join(parts)
 
 
@@ -141,19 +162,22 @@ def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: s
     waiting = gr.update(value=NO_RESULTS, visible=True)
     try:
         if mode == "user":
-            req = service.request_for_user(dataset, user or "")
-        else:
+            req = service.request_for_user(dataset, user)
+        elif mode in ("upload", "paste", "pick"):
             src = {"upload": dict(file_path=file), "paste": dict(pasted=pasted), "pick": dict(picked=picked)}[mode]
             req = service.request_for_history(dataset, service.parse_custom(dataset, **src))
+        else:
+            raise UploadError("Choose a tab: Dataset user, Upload a file, Paste titles or Pick titles.")
+        status = _status(req)
+        matched, dropped = _matched(req)
     except UploadError as e:
-        yield (f"**Error:** {e}", hidden, hidden, "", "", "", waiting, hidden, hidden)
+        yield (error_md(e), hidden, hidden, "", "", "", waiting, hidden, hidden)
         return
     except Exception as e:  # noqa: BLE001 - whatever the input, the page shows a message, the server lives on
-        yield (f"**Error:** **Could not read this input:** {type(e).__name__}: {str(e)[:300]}", hidden, hidden, "", "", "",
-               waiting, hidden, hidden)
+        log.warning("input refused: %s", _one_line(e))
+        yield (error_md(f"Could not read this input ({type(e).__name__}). Fix: check the file against the "
+                        "template, or paste titles one per line."), hidden, hidden, "", "", "", waiting, hidden, hidden)
         return
-    status = _status(req)
-    matched, dropped = _matched(req)
     try:
         upd: Update | None = None
         for upd in service.run(req):
@@ -165,19 +189,30 @@ def on_go(dataset: str, mode: str, user: str | None, file: str | None, pasted: s
                 yield (status, matched, dropped, upd.teacher.markdown(), upd.student.markdown(), upd.info,
                        gr.update(value=RANKING_SOON, visible=True), hidden, hidden)
     except Exception as e:  # noqa: BLE001
-        yield (f"**Error:** **Something failed while reasoning:** {type(e).__name__}: {str(e)[:300]}", matched, dropped,
+        log.warning("request failed: %s", _one_line(e))
+        yield (error_md(f"Something failed while reasoning: {type(e).__name__}: {str(e)[:300]}"), matched, dropped,
                "", "", "", waiting, hidden, hidden)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one bounded log line (user text inside is cut and never a traceback)."""
+    return shown(f"{type(e).__name__}: {e}", 300)
 
 
 def recommend(dataset: str, user_or_titles: str | list[str]) -> tuple[str, str, list[dict]]:
     """API: a dataset user id (string) or a list of titles (oldest first) -> (teacher, student, top-10 rows).
 
+    A history may also be ``{"titles": [...]}`` (as in a JSON upload) or the same as JSON text.
     Rows: {rank, variant, title, score, next_item}. Bad input raises an error with a readable message.
     """
     try:
         req = service.resolve(dataset, user_or_titles)
     except UploadError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # noqa: BLE001 - a message for the caller, one line in the log, no traceback
+        log.warning("API input refused: %s", _one_line(e))
+        raise gr.Error(f"Could not read this input ({type(e).__name__}). Fix: send a user id such as \"196\" "
+                       "or a list of titles, oldest first.", print_exception=False) from None
     last = None
     for last in service.run(req):
         pass
@@ -205,7 +240,10 @@ def on_reports(choice: str | None = None):
 
 
 def on_dataset(dataset: str):
-    users = service.user_ids(dataset)
+    try:
+        users = service.user_ids(dataset)
+    except UploadError as e:
+        return gr.update(), gr.update(), error_md(e)
     return (gr.update(choices=users, value=users[0]),
             gr.update(choices=service.catalogue(dataset).choices(), value=[]),
             service.models_markdown(dataset))
@@ -225,12 +263,14 @@ def build() -> gr.Blocks:
         mode = gr.State("user")
         with gr.Tabs():
             with gr.Tab("Recommend"):
-                dataset = gr.Dropdown(datasets, value=first, label="Dataset", elem_id="dataset")
+                dataset = gr.Dropdown(datasets, value=first, label="Dataset", elem_id="dataset", allow_custom_value=True)
                 models = gr.Markdown(service.models_markdown(first), elem_id="models")
                 with gr.Tabs():
                     with gr.Tab("Dataset user", elem_id="tab-user") as t_user:
                         with gr.Row():
-                            user = gr.Dropdown(users, value=users[0], filterable=True, scale=4,
+                            # custom values are checked by the service (a short message), not by
+                            # Gradio (whose message lists every choice)
+                            user = gr.Dropdown(users, value=users[0], filterable=True, scale=4, allow_custom_value=True,
                                                label="User id (type to search)", elem_id="user")
                             rnd = gr.Button("Random user", scale=1, elem_id="random")
                     with gr.Tab("Upload a file", elem_id="tab-upload") as t_upload:
@@ -242,9 +282,10 @@ def build() -> gr.Blocks:
                     with gr.Tab("Paste titles", elem_id="tab-paste") as t_paste:
                         pasted = gr.Textbox(lines=8, label="Titles, one per line, oldest first",
                                             placeholder="Toy Story\nGoldenEye\nFargo", elem_id="pasted")
+                        gr.Markdown(LIMITS_MD, elem_id="paste-limits")
                     with gr.Tab("Pick titles", elem_id="tab-pick") as t_pick:
                         picked = gr.Dropdown(service.catalogue(first).choices(), value=[], multiselect=True,
-                                             filterable=True, label="Catalogue titles (type to search; pick oldest first)",
+                                             filterable=True, allow_custom_value=True, label="Catalogue titles (type to search; pick oldest first)",
                                              elem_id="picked")
                 for tab, name in ((t_user, "user"), (t_upload, "upload"), (t_paste, "paste"), (t_pick, "pick")):
                     tab.select(lambda n=name: n, None, mode, queue=False, api_visibility="private")
