@@ -57,7 +57,7 @@ import pandas as pd
 
 from .artifacts import student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
-from .prompts import _STEP_RE, parse_steps, prompt_hash, student_messages, teacher_messages
+from .prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
 from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
 from .uploads import (Catalogue, History, UploadError, check_text, history_from_file,
                       history_from_picks, history_from_text, history_from_titles, loads_json, shown)
@@ -104,6 +104,7 @@ class Column:
     seconds: float = 0.0
     tokens: int = 0
     from_memory: bool = False  # replayed from the per-prompt memo: no timing to report
+    step3_items: list[int] = field(default_factory=list)  # grounded Step 3: the catalogue items it names
 
     @property
     def tok_per_s(self) -> float | None:
@@ -321,6 +322,62 @@ def local_teacher_installed() -> bool:
     return all(TEACHER_GGUF.part_path(n) is not None for n in range(1, TEACHER_GGUF.parts + 1))
 
 
+@dataclass
+class Grounding:
+    """A grounded Step 3 for one request: the shortlist (item indices, display titles) and the config."""
+
+    shortlist: list[int]
+    titles: list[str]
+    cfg: Any  # slim.grounding.GroundingConfig
+
+
+def grounds(reasoner) -> bool:
+    """The in-process llama.cpp model (slim.reasoners.LlamaCppReasoner) takes a grammar: Step 3 is grounded."""
+    return callable(getattr(reasoner, "complete", None))
+
+
+class _StreamedSteps:
+    """The reasoner as ``slim.grounding.grounded_generation`` calls it, with each piece shown as it comes:
+    the free Steps 1-2 stream token by token, then every grammar-bound Step-3 item appears when chosen."""
+
+    def __init__(self, reasoner, on_delta: Callable[[str], None], on_item: Callable[[str], None]):
+        self.reasoner, self.on_delta, self.on_item = reasoner, on_delta, on_item
+        self.model_name = getattr(reasoner, "model_name", "teacher")
+
+    def complete(self, messages, prefix: str, params=None, stop=(), grammar=None, reset: bool = False):
+        if grammar is None and not prefix and hasattr(self.reasoner, "_llm"):
+            return _stream_head(self.reasoner, messages, params, stop, self.on_delta)
+        gen = self.reasoner.complete(messages, prefix, params, stop=stop, grammar=grammar, reset=reset)
+        (self.on_item if grammar is not None else self.on_delta)(gen.text)
+        return gen
+
+
+def _stream_head(reasoner, messages, params, stop, on_delta):
+    """``LlamaCppReasoner.complete(messages, "", params, stop=stop, reset=True)``, streamed: the same
+    rendered chat prompt and decoding, each new piece passed to ``on_delta``."""
+    from .reasoners import Generation, _penalty
+
+    llm = reasoner._llm
+    rendered = reasoner._chat_formatter()(messages=messages)
+    t0 = time.perf_counter()
+    text, n, finish = "", 0, "stop"
+    with reasoner._lock:
+        llm.reset()
+        tokens = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        stops = [*(rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []),
+                 *stop]
+        for chunk in llm.create_completion(prompt=tokens, max_tokens=params.max_tokens, temperature=params.temperature,
+                                           top_p=params.top_p, seed=params.seed, stop=stops or None,
+                                           repeat_penalty=_penalty(params), stream=True):
+            choice = chunk["choices"][0]
+            if choice.get("text"):
+                text += choice["text"]
+                n += 1
+                on_delta(choice["text"])
+            finish = choice.get("finish_reason") or finish
+    return Generation(text, n, len(tokens), time.perf_counter() - t0, reasoner.model_name, finish)
+
+
 class DemoService:
     """Loads datasets, models and checkpoints lazily, once, behind locks; safe to share across requests."""
 
@@ -345,7 +402,8 @@ class DemoService:
         self._teacher_checked = False
         self._teacher_error = ""
         self._encoder = None
-        self._memo: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._memo: OrderedDict[str, tuple] = OrderedDict()
+        self._candidates: dict[str, Any] = {}  # dataset -> slim.grounding.CandidateIndex
         self.refused: dict[str, str] = {}  # checkpoint path -> why it is not used
 
     # ---- datasets ------------------------------------------------------------------------
@@ -533,6 +591,8 @@ class DemoService:
         local = os.environ.get("SLIM_TEACHER_LOCAL", "auto")
         if local == "0":
             return None
+        if os.environ.get("SLIM_TEACHER_GGUF"):  # another GGUF in the teacher's place (tests: the small SmolLM2)
+            return "local", os.environ["SLIM_TEACHER_GGUF"]
         if local == "1" or local_teacher_installed():
             from .weights import CACHE_DIR, TEACHER_GGUF
 
@@ -564,9 +624,11 @@ class DemoService:
 
                         # its own thread(s), beside the student's: see the module docstring
                         threads = int(os.environ.get("SLIM_TEACHER_THREADS", str(self.n_threads)))
-                        self._teacher = LlamaCppReasoner(teacher_gguf_path(), n_ctx=2048, n_threads=threads,
+                        other = os.environ.get("SLIM_TEACHER_GGUF")
+                        self._teacher = LlamaCppReasoner(other or teacher_gguf_path(), n_ctx=2048, n_threads=threads,
                                                          n_threads_batch=threads,
-                                                         model_name="Qwen2.5-Coder-1.5B-Instruct (local teacher)")
+                                                         model_name=(f"{Path(other).stem} (local teacher)" if other else
+                                                                     "Qwen2.5-Coder-1.5B-Instruct (local teacher)"))
                         # what `slim_train teach` decodes with, so a live answer equals the cached row
                         self.teacher_params = replace(self.teacher_params, repeat_penalty=LLAMA_SERVER_REPEAT_PENALTY)
                 except Exception as e:  # noqa: BLE001 - a broken teacher must not stop the student
@@ -591,12 +653,35 @@ class DemoService:
                 self._item_text[name] = item_text_matrix(ds, self.encoder())
             return self._item_text[name]
 
+    def candidate_index(self, name: str):
+        """The grounded Step 3's shortlist builder for ``name`` (slim.grounding.CandidateIndex), built once."""
+        ds = self.dataset(name)
+        vectors = self.item_text(name)
+        with self._lock:
+            if name not in self._candidates:
+                from .grounding import CandidateIndex
+
+                self._candidates[name] = CandidateIndex.for_dataset(ds, vectors)
+            return self._candidates[name]
+
+    def grounding(self, req: Request) -> Grounding:
+        """The shortlist for this request's history: the catalogue the history was matched against, the
+        items nearest its recent ones (+ the popularity prior), none of the history (for a dataset user
+        the whole history, not only the prompt's last 20), never the held-out item's identity."""
+        from .grounding import GroundingConfig
+
+        cfg = GroundingConfig()
+        index = self.candidate_index(req.dataset)
+        shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent)
+        return Grounding(shortlist, [index.display[i] for i in shortlist], cfg)
+
     def warm_up(self, name: str = DEFAULT_DATASET) -> None:
         """Load everything a first request needs, so the first visitor does not pay for it."""
         self.catalogue(name)
         self.item_text(name)
         self.student(name)
-        self.teacher()
+        if grounds(self.teacher()):
+            self.candidate_index(name)
         self.warm_up_rankers(name)
 
     def models_markdown(self, name: str = DEFAULT_DATASET) -> str:
@@ -653,9 +738,12 @@ class DemoService:
 
     # ---- generation ----------------------------------------------------------------------
     def _generate(self, role: str, reasoner, messages, params: GenerationParams, col: Column,
-                  emit: Callable[[], None]) -> None:
-        """Stream one rationale into ``col`` (memoised per prompt: greedy decoding is deterministic)."""
-        key = f"{role}:{reasoner.model_name}:{prompt_hash(messages)}:{params.max_tokens}"
+                  emit: Callable[[], None], grounding: Grounding | None = None) -> None:
+        """Stream one rationale into ``col`` (memoised per prompt: greedy decoding is deterministic).
+
+        ``grounding``: Steps 1-2 stream free, then Step 3 is ``grounding.cfg.k`` catalogue items chosen
+        one by one under a grammar over the shortlist (slim.grounding.grounded_generation)."""
+        key = f"{role}:{reasoner.model_name}:{prompt_hash(messages)}:{params.max_tokens}:{bool(grounding)}"
         col.model = reasoner.model_name
         col.status = "running"
         t0 = col.started = time.perf_counter()
@@ -663,30 +751,61 @@ class DemoService:
             memo = self._memo.get(key)
         if memo is not None:
             col.text, col.status, col.from_memory = memo[0], "done", True
-            col.tokens = int(memo[1])
+            col.tokens, col.step3_items = int(memo[1]), list(memo[2])
             col.seconds = time.perf_counter() - t0
             col.note = " · ".join(p for p in (col.note, "same prompt answered earlier: shown from memory") if p)
             emit()
             return
         col.waiting = "queued: another visitor is being served"
         emit()
+
+        def on_delta(delta: str) -> None:
+            now = time.perf_counter()
+            if col.first_token_s is None:
+                col.first_token_s = now - t0
+            col.text += delta
+            col.tokens += 1
+            col.seconds = now - t0
+            emit()
+
         with self._model_locks[role]:
             col.waiting = ""
-            for delta in reasoner.stream(messages, params):
-                now = time.perf_counter()
-                if col.first_token_s is None:
-                    col.first_token_s = now - t0
-                col.text += delta
-                col.tokens += 1
-                col.seconds = now - t0
-                emit()
+            if grounding is None:
+                for delta in reasoner.stream(messages, params):
+                    on_delta(delta)
+            else:
+                self._grounded(reasoner, messages, params, grounding, col, on_delta, emit)
         col.seconds = time.perf_counter() - t0
         col.status = "done"
         with self._lock:
-            self._memo[key] = (col.text, str(col.tokens))
+            self._memo[key] = (col.text, str(col.tokens), tuple(col.step3_items))
             while len(self._memo) > 256:
                 self._memo.popitem(last=False)
         emit()
+
+    @staticmethod
+    def _grounded(reasoner, messages, params, g: Grounding, col: Column, on_delta, emit) -> None:
+        from .grounding import STEP3_HEADER, grounded_generation
+
+        state = {"items": 0}
+
+        def on_item(text: str) -> None:
+            # the column shows the answer as grounded_generation builds it: Steps 1-2, "Step 3:", the items
+            if state["items"] == 0:
+                col.text = col.text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
+            state["items"] += 1
+            col.text += f"{state['items']}. {text.strip()}\n"
+            col.tokens += 1
+            emit()
+
+        gen, picked = grounded_generation(_StreamedSteps(reasoner, on_delta, on_item), messages, g.titles, params, g.cfg)
+        if gen.error:
+            raise RuntimeError(gen.error)
+        col.text, col.tokens = gen.text, gen.completion_tokens
+        col.step3_items = [g.shortlist[j] for j in picked]
+        col.note = " · ".join(p for p in (col.note, (
+            f"Step 3: {len(picked)} catalogue items not in the history, chosen under a grammar from the "
+            f"{len(g.titles)} nearest candidates") if picked else "") if p)
 
     def run(self, req: Request, min_interval: float = 0.08) -> Iterator[Update]:
         """Stream both rationales, then the rankings; yields at most every ``min_interval`` s while streaming."""
@@ -712,8 +831,13 @@ class DemoService:
                 teacher.text = ""
                 teacher.note = self.teacher_help()
             else:
+                # the dataset's domain in the teacher's words ("A user watched the movies..."); the
+                # student keeps the generic wording its adapter was distilled on
+                build = prompt_builder("teacher", req.dataset)
+                g = self.grounding(req) if grounds(live) else None
+                messages = build(req.titles, candidates=g.titles, k=g.cfg.k) if g else build(req.titles)
                 threads.append(threading.Thread(target=self._worker, daemon=True, args=(
-                    "teacher", live, teacher_messages(req.titles), self.teacher_params, teacher, emit, events)))
+                    "teacher", live, messages, self.teacher_params, teacher, emit, events, g)))
         student_model = self.student(req.dataset)
         if not self.student_distilled(req.dataset):
             student.note = f"not distilled yet: {student_adapter(req.dataset)} is missing"
@@ -739,9 +863,10 @@ class DemoService:
         ranked = self.rank(req, student.text)
         yield Update(teacher, student, ranked, self.describe(req, ranked), done=True)
 
-    def _worker(self, role, reasoner, messages, params, col: Column, emit, events: queue.Queue) -> None:
+    def _worker(self, role, reasoner, messages, params, col: Column, emit, events: queue.Queue,
+                grounding: Grounding | None = None) -> None:
         try:
-            self._generate(role, reasoner, messages, params, col, emit)
+            self._generate(role, reasoner, messages, params, col, emit, grounding)
         except Exception as e:  # noqa: BLE001 - an endpoint failure is shown in its column, not raised
             col.status, col.waiting = "error", ""
             col.note = f"{role} failed: {type(e).__name__}: {str(e)[:200]}"

@@ -42,10 +42,12 @@ def missing_requirements() -> str | None:
 
 @contextmanager
 def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = None,
-                timeout: float = 300.0, teacher: bool = False) -> Iterator[str]:
+                timeout: float = 300.0, teacher: bool | str = False) -> Iterator[str]:
     """Yield the base URL of a freshly started app; the process is stopped afterwards.
 
-    ``teacher``: run the installed local teacher GGUF live (48 new tokens); by default the app has no
+    ``teacher``: run the installed local teacher GGUF live (48 new tokens); ``teacher="smollm2"``: the
+    small SmolLM2 GGUF (the base student model, always installed here) stands in for it, through the
+    same in-process llama.cpp path (grounded Step 3, domain-aware prompt); by default the app has no
     live teacher (no endpoint, ``SLIM_TEACHER_LOCAL=0``), so its column shows how to enable one.
     ``SLIM_TEST_APP_URL`` points the tests at an already running app (e.g. a deployed Space) instead.
     """
@@ -56,11 +58,15 @@ def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = N
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_WAIT_POLICY": "PASSIVE",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SLIM_STUDENT_MAX_TOKENS": str(max_tokens),
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL", "SLIM_TEACHER_MAX_TOKENS"):
+    for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL", "SLIM_TEACHER_MAX_TOKENS", "SLIM_TEACHER_GGUF"):
         env.pop(k, None)
     from slim.demo import local_teacher_installed
 
-    if teacher:
+    if teacher == "smollm2":
+        from slim.weights import student_gguf_path
+
+        env.update(SLIM_TEACHER_LOCAL="1", SLIM_TEACHER_MAX_TOKENS="48", SLIM_TEACHER_GGUF=str(student_gguf_path()))
+    elif teacher:
         env.update(SLIM_TEACHER_LOCAL="1", SLIM_TEACHER_MAX_TOKENS="48")
     elif local_teacher_installed():
         env["SLIM_TEACHER_LOCAL"] = "0"  # installed but not wanted here: the "not configured" column

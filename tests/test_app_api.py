@@ -103,3 +103,27 @@ def test_unknown_dataset_and_server_survives(client):
 def test_api_lists_only_recommend(client):
     info = client.view_api(print_info=False, return_format="dict")
     assert list(info["named_endpoints"]) == ["/recommend"]
+
+
+def test_live_local_teacher_grounds_step3_in_the_catalogue():
+    """The small SmolLM2 GGUF in the teacher's place (same in-process llama.cpp path as the Qwen teacher):
+    Step 3 lists only catalogue titles the history does not hold, chosen under a grammar."""
+    from gradio_client import Client
+
+    from slim.data import load_dataset
+    from slim.grounding import display_title
+
+    history = ["Toy Story", "Fargo", "Star Wars", "Babe", "GoldenEye"]
+    with running_app(ROOT / "test-artifacts" / "app_api_grounded.log", max_tokens=32, teacher="smollm2") as url:
+        teacher, student, rows = Client(url, verbose=False).predict("ml-100k", history, api_name="/recommend")
+    assert "SmolLM2-135M-Instruct.Q4_1 (local teacher)" in teacher and "cached" not in teacher
+    assert "#### Step 3" in teacher, teacher
+    items = [re.sub(r"^\d+\.\s*", "", line).strip() for line in teacher.split("#### Step 3", 1)[1].strip().splitlines()]
+    ds = load_dataset("ml-100k")
+    catalogue = {display_title(t) for t in ds.items["title"]}
+    seen = {display_title(t) for t in ds.items["title"] if re.sub(r" \(\d{4}\)$", "", t) in history}
+    assert len(seen) >= len(history)
+    assert len(items) == 3 and len(set(items)) == 3, items
+    assert all(i in catalogue for i in items), items
+    assert not set(items) & seen, items
+    _check_table(rows)

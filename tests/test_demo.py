@@ -324,3 +324,52 @@ def test_picker_leaves_out_a_dataset_without_raw_files_and_says_why(data_dir, tm
             "(Games.item, Games-6k.test.inter); there is no downloader for the Amazon data") in md
     with pytest.raises(UploadError, match="Unknown dataset"):
         svc.resolve("amazon-video-games", "1")
+
+
+class ScriptedGroundedTeacher:
+    """Stands in for the in-process llama.cpp teacher: it has ``complete(..., grammar=)``; a grammar-bound
+    call answers the grammar's first title (as a grammar forces a real model into one of them)."""
+
+    model_name = "scripted-grounded-teacher"
+
+    def __init__(self):
+        self.messages, self.grammars = [], []
+
+    def complete(self, messages, prefix, params=None, stop=(), grammar=None, reset=False):
+        import json as _json
+
+        from slim.reasoners import Generation
+
+        self.messages.append(messages)
+        if grammar is None:
+            return Generation("Step 1: likes 90s films.\nStep 2: Drama, Comedy.\n", 12, 300, 0.01, self.model_name)
+        self.grammars.append(grammar)
+        first = _json.loads(grammar.split("::=", 1)[1].split(" | ")[0].strip())
+        return Generation(first, 5, 300, 0.01, self.model_name)
+
+
+def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue(service):
+    from slim.grounding import display_title
+
+    svc = DemoService(root=service.root, data_dir=service.data_dir)
+    svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
+    svc._encoder = service._encoder
+    script_student(svc, ScriptedStudent())
+    teacher = ScriptedGroundedTeacher()
+    svc._teacher, svc._teacher_checked = teacher, True
+    req = svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars", "Babe"])
+    last = list(svc.run(req, min_interval=0))[-1]
+    prompt = teacher.messages[0][-1]["content"]
+    assert "A user watched the movies" in prompt and "<candidates>" in prompt  # domain-aware, shortlist shown
+    assert len(teacher.grammars) == 3 and last.teacher.status == "done"
+    ds = svc.dataset("ml-100k")
+    assert len(last.teacher.step3_items) == 3 and not set(last.teacher.step3_items) & set(req.item_idx)
+    shown_items = last.teacher.markdown().split("#### Step 3", 1)[1].strip().splitlines()
+    assert shown_items == [f"{n}. {display_title(ds.items.at[i, 'title'])}"
+                           for n, i in enumerate(last.teacher.step3_items, 1)]
+    assert "chosen under a grammar" in last.teacher.markdown()
+    # the student keeps the generic wording the shipped students were distilled on
+    from slim.prompts import student_messages
+
+    assert svc._memo and any(k.startswith("student:") for k in svc._memo)
+    assert "interacted with" in student_messages(req.titles)[-1]["content"]
