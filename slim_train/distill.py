@@ -13,7 +13,8 @@ Single process (CPU or one GPU)::
 
     python -m slim_train distill --dataset ml-100k --epochs 3
 
-Multi-GPU (DDP through accelerate; batch size is per process)::
+Several processes (DDP through accelerate; batch size is per process; on a CPU-only box the same
+command runs N CPU processes over gloo, tests/test_distributed.py; docs/SCALE.md)::
 
     accelerate launch --multi_gpu --num_processes 4 -m slim_train distill --dataset ml-100k --precision bf16
 
@@ -112,6 +113,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-initial-eval", action="store_true", help="skip the validation loss before training")
     p.add_argument("--no-gguf", action="store_true", help="do not convert the adapter for llama.cpp")
+    p.add_argument("--check-sync", action="store_true", help="after every step, compare a digest of the trainable "
+                   "weights across processes (logged as rank_weights; stops on a mismatch)")
     p.add_argument("--init-adapter", default="", help="peft adapter folder to continue from (e.g. assets/student: "
                    "adapt the ML-100K student to another domain); its LoRA shape must match --lora-r/--target-modules")
     p.add_argument("--adapter-out", type=Path, default=None, help="default: <run dir>/distill/adapter")
@@ -401,17 +404,30 @@ def make_accelerator(precision: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    kwargs = {"mixed_precision": precision}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator_device():
+        # several CPU processes (`accelerate launch --multi_gpu --num_processes N` or torchrun on a box
+        # without GPUs): accelerate makes a gloo process group only when told the run is on the CPU
+        kwargs["cpu"] = True
     try:
-        return Accelerator(mixed_precision=precision)
+        return Accelerator(**kwargs)
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise
         AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=precision)
+        return Accelerator(**kwargs)
+
+
+def _has_accelerator_device() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
 
 
 def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_out: Path, *,
-          meta: dict, restart: bool = False, initial_eval: bool = True, gguf: bool = True) -> dict:
+          meta: dict, restart: bool = False, initial_eval: bool = True, gguf: bool = True,
+          check_sync: bool = False) -> dict:
     """Train (or resume) and write the adapter; returns the metrics dict. Usable from tests."""
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -498,11 +514,14 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         mine = val_ex[rank::world]
+        # the module inside DDP (with accelerate's autocast wrapper): processes may hold different numbers
+        # of validation batches, and DDP's forward must not wait for a peer that has none left
+        net = accelerator.unwrap_model(model) if world > 1 else model
         with torch.no_grad():
             for i in range(0, len(mine), cfg.batch_size):
                 batch = {k: v.to(accelerator.device) for k, v in collate(mine[i : i + cfg.batch_size], pad_id).items()}
                 n = (batch["labels"][:, 1:] != -100).sum()
-                loss = model(**batch).loss.float()
+                loss = net(**batch).loss.float()
                 sums += torch.stack([loss.double() * n, n.double()])
         sums = accelerator.reduce(sums, "sum")
         model.train()
@@ -543,8 +562,8 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                 "data_order": {"epoch": epoch, "in_epoch": step % steps_per_epoch,
                                "digest": order_digest(epoch_order(len(train_ex), cfg.seed, epoch))}}
 
-    def gather_rng(mine: dict) -> list[dict]:
-        """Every process's RNG state, in rank order (a collective: all processes call it)."""
+    def gather_list(mine) -> list:
+        """Every process's value, in rank order (a collective: all processes call it)."""
         if world == 1:
             return [mine]
         import torch.distributed as dist
@@ -552,6 +571,8 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
         out = [None] * world
         dist.all_gather_object(out, mine)
         return out
+
+    gather_rng = gather_list
 
     if state and (ckpt / "rng.json").exists():
         rngs = json.loads((ckpt / "rng.json").read_text())
@@ -580,17 +601,25 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                 micro = [collate([train_ex[j] for j in gb[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]],
                                  pad_id) for gb in group]
                 n_tok = [int((m["labels"][:, 1:] != -100).sum()) for m in micro]
-                group_tok = max(1, sum(n_tok))
+                local_tok = sum(n_tok)
+                # token-weighted over the whole global batch: each process scales its loss by
+                # world / (tokens of all processes), and DDP's gradient mean then equals the gradient of
+                # one process holding the whole global batch
+                group_tok = max(1, local_tok if world == 1 else int(accelerator.reduce(
+                    torch.tensor([local_tok], device=accelerator.device), "sum").item()))
                 loss_sum = 0.0
                 for k, (m, n) in enumerate(zip(micro, n_tok)):
                     batch = {key: v.to(accelerator.device) for key, v in m.items()}
-                    # token-weighted over the accumulation group; gradients sync on the last micro-batch only
+                    # gradients sync on the last micro-batch of the accumulation group only
                     sync = k == len(micro) - 1
                     ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                     with ctx:
                         loss = model(**batch).loss
-                        accelerator.backward(loss * (n / group_tok))
+                        accelerator.backward(loss * (n * world / group_tok))
                     loss_sum += float(loss.detach()) * n
+                if world > 1:
+                    loss_sum = float(accelerator.reduce(torch.tensor([loss_sum], dtype=torch.float64,
+                                                                     device=accelerator.device), "sum").item())
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 updating = True
                 optimizer.step()
@@ -606,6 +635,13 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 5),
                        "lr": optimizer.param_groups[0]["lr"], "tokens": group_tok, "seconds": round(seconds, 3),
                        "peak_rss_gb": round(rss_gb(), 2)}
+                if world > 1:
+                    row["rank_tokens"] = gather_list(local_tok)
+                if check_sync:
+                    digests = gather_list(weights_digest(model))
+                    row["rank_weights"] = digests
+                    if len(set(digests)) != 1:
+                        raise RuntimeError(f"step {step}: the processes hold different weights {digests}")
                 end_of_epoch = step % steps_per_epoch == 0
                 if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) \
                         or step == total:
@@ -639,6 +675,15 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
                          steps_per_epoch, log_path, adapter_out, meta, gguf)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def weights_digest(model) -> str:
+    """sha256 of the trainable tensors' bytes: equal on every process exactly when DDP kept them in sync."""
+    h = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        h.update(name.removeprefix("module.").encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def finish(cfg: DistillConfig, model, tokenizer, history: dict, data_record: dict, step: int,
@@ -786,7 +831,8 @@ def main(args: argparse.Namespace) -> None:
     meta = {"dataset": args.dataset, "teacher_file": str(teacher_file), "teacher_model": ", ".join(ok_models),
             "users": args.users, "hardware": hardware()}
     metrics = train(cfg, rows, ds, out / "distill", args.adapter_out or out / "distill" / "adapter", meta=meta,
-                    restart=args.restart, initial_eval=not args.no_initial_eval, gguf=not args.no_gguf)
+                    restart=args.restart, initial_eval=not args.no_initial_eval, gguf=not args.no_gguf,
+                    check_sync=args.check_sync)
     if metrics:
         print(json.dumps({k: metrics[k] for k in ("steps", "train_loss_last", "val_loss_initial", "val_loss_final",
                                                   "seconds_per_step", "peak_rss_gb")}, indent=1))
