@@ -1,12 +1,17 @@
 """Load test on loopback: N concurrent gradio_client sessions call /recommend; all must be answered.
 
-    python bench/app_load.py [--sessions 20] [--url http://127.0.0.1:7860/]
+    python bench/app_load.py [--sessions 20] [--url http://127.0.0.1:7860/] [--hostile]
 
 Without ``--url`` it starts ``python app.py`` on a free loopback port (the student limited by
 ``--max-tokens``, default the app's 200) and stops it afterwards. Each session is its own
 ``gradio_client.Client`` (own session hash, own queue position) and asks for a different ML-100K
 user, so the per-prompt memo never answers and every request really generates. Prints each
 request's latency, then p50/p95/max, the throughput and how many failed.
+
+``--hostile``: a quarter of the sessions send the largest accepted paste instead (slim.uploads.MAX_ROWS
+unknown titles, just under the byte bound: the most fuzzy matching one request can buy, refused after
+matching because nothing matches); p50/p95 are then those of the normal requests, which must all be
+answered, and a hostile request counts as handled when it gets its message back.
 
 What it shows: the queue (concurrency limit 2 on a 2-core CPU) serialises the student in llama.cpp,
 so latency grows linearly with the queue position while every request is still answered.
@@ -67,6 +72,7 @@ def main() -> None:
     p.add_argument("--url", default=None)
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--log", default="/tmp/slim_app_load.log")
+    p.add_argument("--hostile", action="store_true", help="a quarter of the sessions send the largest accepted paste")
     args = p.parse_args()
 
     from gradio_client import Client
@@ -80,7 +86,12 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from slim.data import load_dataset
 
+        from slim.uploads import MAX_ROWS, MAX_UPLOAD_BYTES
+
         users = [str(u) for u in load_dataset("ml-100k").user_ids[1:args.sessions + 1]]
+        hostile = set(range(0, args.sessions, 4)) if args.hostile else set()  # every 4th session: a quarter
+        paste = "\n".join(f"no such film {k:05d} qzv" for k in range(MAX_ROWS))  # unknown: full fuzzy pass
+        assert len(paste.encode()) <= MAX_UPLOAD_BYTES
         clients = [Client(url, verbose=False) for _ in range(args.sessions)]
         results: list[dict] = [{} for _ in range(args.sessions)]
         barrier = threading.Barrier(args.sessions)
@@ -88,6 +99,15 @@ def main() -> None:
         def one(k: int) -> None:
             barrier.wait()
             t0 = time.perf_counter()
+            if k in hostile:
+                try:
+                    clients[k].predict("ml-100k", paste, api_name="/recommend")
+                    results[k] = {"user": "hostile paste", "seconds": time.perf_counter() - t0, "ok": False,
+                                  "hostile": True, "error": "accepted"}
+                except Exception as e:  # noqa: BLE001 - the expected answer: a message
+                    results[k] = {"user": "hostile paste", "seconds": time.perf_counter() - t0, "hostile": True,
+                                  "ok": "matched the catalogue" in str(e), "message": str(e)[:120]}
+                return
             try:
                 _, student, rows = clients[k].predict("ml-100k", users[k], api_name="/recommend")
                 ok = bool(rows) and len([r for r in rows if r["variant"] == rows[0]["variant"]]) == 10 and bool(student)
@@ -105,10 +125,14 @@ def main() -> None:
         wall = time.perf_counter() - t0
         for r in sorted(results, key=lambda r: r["seconds"]):
             print(json.dumps({**r, "seconds": round(r["seconds"], 2)}))
-        lat = [r["seconds"] for r in results]
+        normal = [r for r in results if not r.get("hostile")]
+        bad = [r for r in results if r.get("hostile")]
+        lat = [r["seconds"] for r in normal]
         print(json.dumps({
-            "sessions": args.sessions, "answered_ok": sum(r["ok"] for r in results),
-            "failed": sum(not r["ok"] for r in results),
+            "sessions": args.sessions, "normal": len(normal), "hostile": len(bad),
+            "answered_ok": sum(r["ok"] for r in normal), "failed": sum(not r["ok"] for r in normal),
+            "hostile_answered_with_message": sum(r["ok"] for r in bad),
+            "hostile_max_s": round(max((r["seconds"] for r in bad), default=0.0), 2),
             "p50_s": round(statistics.median(lat), 2), "p95_s": round(pct(lat, 0.95), 2), "max_s": round(max(lat), 2),
             "wall_s": round(wall, 2), "requests_per_min": round(60 * args.sessions / wall, 1),
             "max_tokens": args.max_tokens, "load_average": os.getloadavg()[0],
