@@ -114,7 +114,7 @@ class Column:
         return self.tokens / gen if self.tokens > 1 and gen > 0 else None
 
     def header(self) -> str:
-        parts = [f"**{self.model}**" if self.model else f"**{self.role}**"]
+        parts = [f"**{_md_escape(self.model)}**" if self.model else f"**{self.role}**"]
         if self.status in ("running", "done") and not self.from_memory:
             parts.append(f"{self.seconds:.1f} s")
             if self.first_token_s is not None:
@@ -126,8 +126,8 @@ class Column:
             parts.append("streaming…")
         if self.waiting:
             parts.append(self.waiting)
-        if self.note:
-            parts.append(self.note)
+        if self.note:  # may quote an endpoint's error text: shown as text
+            parts.append(_md_escape(self.note))
         return " · ".join(parts)
 
     def markdown(self) -> str:
