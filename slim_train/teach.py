@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 from slim.data import load_dataset, sample_users
 from slim.rationales import RationaleStore, write_rationales
-from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, OpenAIChatReasoner
+from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
 from slim.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
+from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
 from slim.prompts import prompt_builder as prompt_fn
 
@@ -40,9 +41,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the seeded sample of `slim_eval --users N --user-seed S` (with --seed S), instead of "
                    "--users' permutation prefix: what a `teacher` variant on a user sample needs")
     p.add_argument("--splits", default="valid", help="valid (train prefix; what distillation uses) and/or test")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; default: local llama.cpp teacher")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, or a comma-separated list of "
+                   "endpoints serving the same model (round-robin, --concurrency each, failover); default: local "
+                   "llama.cpp teacher")
     p.add_argument("--model", default=None, help="model name at the endpoint, or a GGUF path for the local teacher")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight per endpoint")
     p.add_argument("--max-tokens", type=int, default=320)
     p.add_argument("--workers", type=int, default=2, help="local teacher: llama.cpp processes (1 thread each)")
     p.add_argument("--server", action="store_true", help="local teacher behind one llama.cpp server (--threads)")
@@ -55,6 +58,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "--candidates items nearest to the history (local teacher); free: the model writes Step 3 itself")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    add_shard_arg(p)
 
 
 def user_order(n_users: int, n: int | None, seed: int) -> np.ndarray:
@@ -70,17 +74,23 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit("teach: give --users (a permutation prefix) or --eval-users (slim_eval's sample), not both")
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
-    store = RationaleStore(out / "rationales" / f"{args.name}.jsonl")
     users = (sample_users(ds, args.eval_users, args.seed) if args.eval_users is not None
              else user_order(ds.n_users, args.users, args.seed))
     splits = [s.strip() for s in args.splits.split(",")]
+    keys = [(str(ds.user_ids[u]), s) for u in users for s in splits]
+    job = {"verb": "teach", "dataset": args.dataset, "users": args.users, "eval_users": args.eval_users,
+           "seed": args.seed, "splits": splits, "model": args.model, "step3": args.step3,
+           "max_tokens": args.max_tokens}
+    path, mine = output_for(args, out / "rationales", keys, job)
+    store = RationaleStore(path)
     penalty = args.repeat_penalty if args.repeat_penalty is not None or args.base_url else LLAMA_SERVER_REPEAT_PENALTY
     params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=penalty)
-    total = len(users) * len(splits)
-    done = sum(store.done((str(ds.user_ids[u]), s)) for u in users for s in splits)
+    owed = keys if mine is None else [k for k in keys if k in mine]
+    total = len(owed)
+    done = sum(store.done(k) for k in owed)
     bar = tqdm(total=total, initial=done, desc=f"teach {ds.name}", unit="rationale")
     t0, n_ok, n = time.time(), 0, 0
-    for row in _rows(args, ds, out, users, splits, store, params):
+    for row in _rows(args, ds, out, users, splits, store, params, mine):
         n += 1
         n_ok += row["status"] == "ok"
         bar.update(1)
@@ -90,12 +100,13 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: list[str], store: RationaleStore,
-          params: GenerationParams) -> Iterator[dict]:
+          params: GenerationParams, mine: set[tuple[str, str]] | None = None) -> Iterator[dict]:
     """Missing rows from the chosen engine, each stored as soon as it exists."""
     if not args.base_url and not args.server:
         gguf = str(Path(args.model) if args.model else teacher_gguf_path(install=True))
         # missing rows, and rows an endpoint failed on earlier (retried: the new row wins)
-        jobs = [(int(u), s, None) for u in users for s in splits if not store.done((str(ds.user_ids[u]), s))]
+        jobs = [(int(u), s, None) for u in users for s in splits if not store.done((str(ds.user_ids[u]), s))
+                and (mine is None or (str(ds.user_ids[u]), s) in mine)]
         grounding = None
         if args.step3 == "grammar":
             from dataclasses import asdict
@@ -118,10 +129,11 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
                                                         model_alias=TEACHER_NAME if not args.model else None,
                                                         log_path=out / "teacher-server.log"))
             base_url, model = server.base_url, server.model_alias
-        reasoner = OpenAIChatReasoner(base_url, model, concurrency=args.concurrency)
+        reasoner = endpoint_reasoner(base_url, model, concurrency=args.concurrency)
+        n_endpoints = len(getattr(reasoner, "endpoints", [reasoner]))
         if args.step3 == "grammar":
             print("teach: an endpoint takes no grammar here; Step 3 is free text (use the local teacher for "
                   "catalogue-grounded Step 3)")
-        yield from write_rationales(reasoner, ds, users, splits, store, prompt_fn("teacher", ds.name), params,
-                                    role="teacher",
-                                    batch_size=max(1, args.concurrency))
+        for group_users, group_splits in split_groups(ds, users, splits, mine):
+            yield from write_rationales(reasoner, ds, group_users, group_splits, store, prompt_fn("teacher", ds.name),
+                                        params, role="teacher", batch_size=max(1, args.concurrency) * n_endpoints)

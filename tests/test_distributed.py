@@ -141,3 +141,142 @@ def test_two_cpu_processes_train_in_sync_match_one_process_and_resume_after_kill
                             "--out", str(two), "--teacher-file", str(teacher), "--precision", "no"],
                            env=env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode != 0 and "trained by 2 process(es)" in again.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# sharded generation over two real llama.cpp servers
+# ---------------------------------------------------------------------------------------
+VOLATILE = ("seconds", "created")  # wall-clock fields: everything else must be equal row for row
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from slim.reasoners import LlamaCppServer
+    from slim.weights import student_gguf_path
+
+    gguf = student_gguf_path()
+    logs = tmp_path_factory.mktemp("servers")
+    with LlamaCppServer(gguf, n_threads=1, n_ctx=2048, model_alias="smol", log_path=logs / "a.log") as a, \
+            LlamaCppServer(gguf, n_threads=1, n_ctx=2048, model_alias="smol", log_path=logs / "b.log") as b:
+        yield a.base_url, b.base_url
+
+
+TEACH = ["teach", "--dataset", "ml-100k", "--users", "3", "--splits", "valid,test", "--max-tokens", "40",
+         "--model", "smol", "--step3", "free", "--repeat-penalty", "1.1"]
+
+
+def test_sharded_teach_over_two_endpoints_merges_to_the_single_run_and_survives_kill_9(two_servers, tmp_path):
+    from slim_train.__main__ import main
+
+    url_a, url_b = two_servers
+    out = tmp_path / "run"
+    rdir = out / "rationales"
+    main([*TEACH, "--out", str(out), "--base-url", url_a, "--name", "single"])
+    single = jsonl(rdir / "single.jsonl")
+    assert len(single) == 6
+
+    both = f"{url_a},{url_b}"
+    main([*TEACH, "--out", str(out), "--base-url", both, "--name", "sharded", "--shard", "0/2"])
+    # shard 1 in its own process, killed with SIGKILL once it has written a row
+    shard1 = rdir / "sharded.shard-1-of-2.jsonl"
+    cmd = [sys.executable, "-m", "slim_train", *TEACH, "--out", str(out), "--base-url", both, "--name", "sharded",
+           "--shard", "1/2"]
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (shard1.exists() and shard1.read_bytes()):
+        time.sleep(0.05)
+    kill_9_tree(proc)
+    from slim_train.merge_rationales import manifest_path
+
+    owed1 = json.loads(manifest_path(shard1).read_text())["pairs"]
+    written = len(shard1.read_text().splitlines()) if shard1.exists() else 0
+    assert 1 <= written < len(owed1) == 4  # killed mid-shard (the hash gives shard 1 four of the six pairs)
+    with pytest.raises(SystemExit, match=rf"shard 1/2: {4 - written} of 4 pairs missing"):
+        main(["merge-rationales", "--out", str(out), "--name", "sharded", "--shards", "2"])
+    assert not (rdir / "sharded.jsonl").exists()
+    before = jsonl(shard1)
+    # the same command completes the shard, redoing nothing it had
+    main([*TEACH, "--out", str(out), "--base-url", both, "--name", "sharded", "--shard", "1/2"])
+    rows1 = jsonl(shard1)
+    assert len(rows1) == len(owed1) and len({(r["user_id"], r["split"]) for r in rows1}) == len(rows1)
+    assert rows1[:written] == before  # kept byte for byte (timestamps too): not regenerated
+    main(["merge-rationales", "--out", str(out), "--name", "sharded", "--shards", "2"])
+    merged = jsonl(rdir / "sharded.jsonl")
+    # shards are a partition of the (user, split) pairs and the merge is the single run, row for row
+    shard0 = jsonl(rdir / "sharded.shard-0-of-2.jsonl")
+    assert shard0 and rows1 and len(shard0) + len(rows1) == 6
+    assert stable(merged) == stable(single)
+
+
+def test_merge_lists_what_is_missing_and_refuses_mixed_jobs(tmp_path):
+    from slim_train.merge_rationales import merge, shard_of, shard_path, write_manifest
+
+    keys = [(str(u), s) for u in range(10) for s in ("valid", "test")]
+    assert sorted(shard_of(u, s, 3) for u, s in keys) != [0] * 20  # spread over the shards
+    job = {"verb": "teach", "users": 10}
+    owed = {i: write_manifest(shard_path(tmp_path, "t", i, 2), keys, i, 2, job) for i in range(2)}
+    assert sorted(owed[0] + owed[1]) == sorted(keys) and not set(owed[0]) & set(owed[1])
+    from slim.rationales import RationaleStore
+
+    for i in range(2):
+        store = RationaleStore(shard_path(tmp_path, "t", i, 2))
+        for u, s in owed[i][: len(owed[i]) - (1 if i else 0)]:  # shard 1 lacks its last pair
+            store.append({"user_id": u, "split": s, "status": "ok", "rationale": f"{u}-{s}"})
+    last = owed[1][-1]
+    with pytest.raises(SystemExit, match=rf"shard 1/2: 1 of {len(owed[1])} pairs missing or failed: {last[0]}/{last[1]}"):
+        merge(tmp_path, "t", 2)
+    RationaleStore(shard_path(tmp_path, "t", 1, 2)).append({"user_id": last[0], "split": last[1],
+                                                            "status": "error: APIConnectionError", "rationale": ""})
+    with pytest.raises(SystemExit, match="APIConnectionError"):  # an endpoint error is not a finished row
+        merge(tmp_path, "t", 2)
+    RationaleStore(shard_path(tmp_path, "t", 1, 2)).replace({"user_id": last[0], "split": last[1], "status": "ok",
+                                                             "rationale": "late"})
+    path, n = merge(tmp_path, "t", 2)
+    assert n == 20 and [(r["user_id"], r["split"]) for r in jsonl(path)] == keys  # the unsharded order
+    with pytest.raises(SystemExit, match="shard 2/3: never started"):
+        merge(tmp_path, "t", 3)
+    with pytest.raises(SystemExit, match="another job"):
+        write_manifest(shard_path(tmp_path, "t", 0, 2), keys[:4], 0, 2, {"verb": "teach", "users": 2})
+
+
+def test_several_endpoints_fail_over_and_name_the_endpoint_that_fails(two_servers):
+    from slim.reasoners import GenerationParams, MultiEndpointReasoner, free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    url_a, _ = two_servers
+    msgs = [{"role": "user", "content": "Say hi."}]
+    p = GenerationParams(max_tokens=4)
+    r = MultiEndpointReasoner([dead, url_a], "smol", concurrency=2, max_retries=0, timeout=20)
+    gens = r.generate([msgs] * 4, p)
+    assert all(g.error is None and g.text for g in gens)  # the dead endpoint's share went to the live one
+    only_dead = MultiEndpointReasoner([dead], "smol", max_retries=0, timeout=5).generate([msgs], p)[0]
+    assert only_dead.error and only_dead.error.startswith(dead)
+    both_dead = MultiEndpointReasoner([dead, dead.replace("/v1", "/w1")], "smol", max_retries=0,
+                                      timeout=5).generate([msgs], p)[0]
+    assert both_dead.error.startswith("every endpoint failed") and dead in both_dead.error
+
+
+def test_sharded_reason_against_endpoints_merges_to_the_single_run(two_servers, tmp_path):
+    """``reason --base-url`` (the vLLM-style request path: the served model is named by --model)."""
+    from slim_train.__main__ import main
+
+    url_a, url_b = two_servers
+    out = tmp_path / "run"
+    base = ["reason", "--dataset", "ml-100k", "--users", "3", "--splits", "valid,test", "--max-tokens", "40",
+            "--model", "smol", "--out", str(out), "--concurrency", "1"]
+    main([*base, "--base-url", url_a, "--name", "single"])
+    for i in range(2):
+        main([*base, "--base-url", f"{url_a},{url_b}", "--name", "sharded", "--shard", f"{i}/2"])
+    main(["merge-rationales", "--out", str(out), "--name", "sharded", "--shards", "2"])
+    single, merged = jsonl(out / "rationales" / "single.jsonl"), jsonl(out / "rationales" / "sharded.jsonl")
+    assert len(single) == 6 and {r["role"] for r in single} == {"student"}
+    assert stable(merged) == stable(single)
