@@ -418,7 +418,11 @@ class LlamaCppServer:
     """
 
     def __init__(self, model_path: str | Path, port: int | None = None, n_ctx: int = 2048, n_threads: int = 2,
-                 model_alias: str | None = None, log_path: str | Path | None = None, startup_timeout: float = 180):
+                 model_alias: str | None = None, log_path: str | Path | None = None, startup_timeout: float = 180,
+                 lora_path: str | Path | None = None):
+        # ``lora_path``: a GGUF LoRA applied to the served model, which ``model_alias`` then names (how a
+        # vLLM server serves the student: the base model + the adapter as a named model)
+        self.lora_path = str(lora_path) if lora_path else None
         self.model_path, self.port = str(model_path), port or free_port()
         self.n_ctx, self.n_threads, self.startup_timeout = n_ctx, n_threads, startup_timeout
         self.model_alias = model_alias or Path(model_path).name
@@ -433,7 +437,7 @@ class LlamaCppServer:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--model_alias", self.model_alias]
+               "--model_alias", self.model_alias, *(["--lora_path", self.lora_path] if self.lora_path else [])]
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + self.startup_timeout

@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="llama.cpp processes (1 thread each)")
     p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
     p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--repeat-penalty", type=float, default=None,
+                   help="default: the engine's own (1.0 in-process llama.cpp; llama.cpp's server applies 1.1 unless "
+                   "told, so pass 1.0 to an endpoint to get the in-process engine's text)")
     p.add_argument("--name", default="student", help="output file rationales/<name>.jsonl")
     p.add_argument("--finish-step3", action="store_true",
                    help="when the model ends its answer after Step 2, continue it from '\\nStep 3:' (assistant "
@@ -126,7 +129,7 @@ def main(args: argparse.Namespace) -> None:
                    and not row.get("forced_step3") and stopped_before_step3(row["rationale"], row["finish_reason"])]
         if repairs:
             print(f"--finish-step3: continuing {len(repairs)} rows that stopped before Step 3")
-    params = GenerationParams(max_tokens=args.max_tokens)
+    params = GenerationParams(max_tokens=args.max_tokens, repeat_penalty=args.repeat_penalty)
     model = args.model or ("student" if args.engine == "openai" else _default_model(args.engine))
     n_owed = len(keys) if mine is None else len(mine)
     bar = tqdm(total=n_owed + len(repairs), initial=n_owed - len(jobs),

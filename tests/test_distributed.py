@@ -280,3 +280,27 @@ def test_sharded_reason_against_endpoints_merges_to_the_single_run(two_servers, 
     single, merged = jsonl(out / "rationales" / "single.jsonl"), jsonl(out / "rationales" / "sharded.jsonl")
     assert len(single) == 6 and {r["role"] for r in single} == {"student"}
     assert stable(merged) == stable(single)
+
+
+def test_reason_against_a_server_that_serves_the_lora_as_a_named_model(tmp_path):
+    """The vLLM deployment (base model + the student's LoRA as a named model), played by llama.cpp's server:
+    the endpoint path writes the in-process llama.cpp engine's text (greedy, penalty 1.0)."""
+    pytest.importorskip("llama_cpp")
+    from slim.artifacts import REPO_ROOT, student_adapter
+    from slim.reasoners import LlamaCppServer
+    from slim.weights import student_gguf_path
+    from slim_train.__main__ import main
+
+    adapter = REPO_ROOT / student_adapter("ml-100k")
+    base = ["reason", "--dataset", "ml-100k", "--users", "2", "--splits", "valid", "--max-tokens", "60",
+            "--out", str(tmp_path)]
+    main([*base, "--engine", "llama.cpp", "--workers", "1", "--adapter", str(adapter), "--name", "local"])
+    with LlamaCppServer(student_gguf_path(), n_threads=1, model_alias="student", lora_path=adapter,
+                        log_path=tmp_path / "server.log") as server:
+        main([*base, "--base-url", server.base_url, "--model", "student", "--repeat-penalty", "1.0",
+              "--name", "served"])
+    local, served = jsonl(tmp_path / "rationales" / "local.jsonl"), jsonl(tmp_path / "rationales" / "served.jsonl")
+    assert len(local) == 2 and {r["model"] for r in served} == {"student"}
+    key = lambda r: (r["user_id"], r["split"])  # noqa: E731
+    assert {key(r): r["rationale"] for r in served} == {key(r): r["rationale"] for r in local}
+    assert {key(r): r["prompt_hash"] for r in served} == {key(r): r["prompt_hash"] for r in local}
