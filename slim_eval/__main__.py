@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"auto (the reported variants {REPORTED_VARIANTS} whose rationales exist; the *-clean "
                    "ones only when named) or a comma list of " + ",".join(VARIANT_NAMES))
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="fit and measure seeds FIRST..N-1 only: split one grid over several processes or "
+                   "machines sharing a run directory (a last pass without it reuses every fit)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping on valid NDCG@10)")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_CHOICES), default="both")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>)")
@@ -145,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [b for b in args.backbone_list if b not in ("sasrec", "gru4rec", "srgnn")]
     if bad:
         p.error(f"unknown backbone(s) {bad}; choose from sasrec,gru4rec,srgnn")
+    if not 0 <= args.first_seed < args.seeds:
+        p.error(f"--first-seed must be in 0..{args.seeds - 1} (--seeds {args.seeds})")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     return args

@@ -182,7 +182,7 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
     sources["checkpoints_from"] = {}
     # seed-major: after k seeds every row of the table exists with k seeds, so a grid stopped
     # early (or still running) already gives a complete, if noisier, table
-    plan = [(s, backbone, seed) for seed in range(args.seeds) for s in ready
+    plan = [(s, backbone, seed) for seed in range(getattr(args, "first_seed", 0), args.seeds) for s in ready
             for backbone in (args.backbone_list if s.has_backbone else ["none"])]
 
     negatives = (sampled_negatives(dataset, N_NEGATIVES, NEGATIVES_SEED, cache_dir=layout.negatives_dir)
