@@ -304,3 +304,17 @@ def test_reason_against_a_server_that_serves_the_lora_as_a_named_model(tmp_path)
     key = lambda r: (r["user_id"], r["split"])  # noqa: E731
     assert {key(r): r["rationale"] for r in served} == {key(r): r["rationale"] for r in local}
     assert {key(r): r["prompt_hash"] for r in served} == {key(r): r["prompt_hash"] for r in local}
+
+
+def test_sharded_reason_with_the_local_llama_cpp_pool_merges_to_the_single_run(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from slim_train.__main__ import main
+
+    base = ["reason", "--dataset", "ml-100k", "--users", "2", "--splits", "valid,test", "--max-tokens", "16",
+            "--engine", "llama.cpp", "--workers", "1", "--out", str(tmp_path)]
+    main([*base, "--name", "single"])
+    for i in range(2):
+        main([*base, "--name", "sharded", "--shard", f"{i}/2"])
+    main(["merge-rationales", "--out", str(tmp_path), "--name", "sharded", "--shards", "2"])
+    single, merged = jsonl(tmp_path / "rationales" / "single.jsonl"), jsonl(tmp_path / "rationales" / "sharded.jsonl")
+    assert len(single) == 4 and stable(merged) == stable(single)
