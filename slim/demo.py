@@ -55,8 +55,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import student_adapter
-from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir
+from .artifacts import REPORTED_USER_SAMPLES, student_adapter
+from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir, sample_users
 from .prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
 from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
 from .uploads import (Catalogue, History, UploadError, check_text, history_from_file,
@@ -467,7 +467,11 @@ class DemoService:
         name = self.check_dataset(name)
         with self._lock:
             if name not in self._datasets:
-                self._datasets[name] = load_dataset(name, self.data_dir)
+                ds = load_dataset(name, self.data_dir)
+                if name in REPORTED_USER_SAMPLES:  # the users the shipped checkpoints and rationales cover
+                    n, seed = REPORTED_USER_SAMPLES[name]
+                    ds = ds.subset_users(sample_users(ds, n, seed))
+                self._datasets[name] = ds
             return self._datasets[name]
 
     def catalogue(self, name: str) -> Catalogue:

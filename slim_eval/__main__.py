@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from slim.artifacts import RunLayout, write_json
+from slim.artifacts import REPORTED_USER_SAMPLES, RunLayout, write_json
 
 from .report import PROTOCOL_TITLES, build_report, markdown, results_table, slim_vs_teacher_cells
 from .variants import VARIANT_NAMES, spec
@@ -49,14 +49,16 @@ CLEAN_VARIANTS = "slim-clean,match-clean"  # Step 3 post-filtered (ours): in the
 REPORTED_RUNS: dict[str, list[str]] = {
     "ml-100k": ["--dataset", "ml-100k", "--variants", f"{REPORTED_VARIANTS},{CLEAN_VARIANTS}"],
     # the Amazon reports hold the variants; `auto` would also fit the *-clean extras (hours more)
-    "amazon-video-games": ["--dataset", "amazon-video-games", "--users", "3000", "--variants", REPORTED_VARIANTS],
+    "amazon-video-games": ["--dataset", "amazon-video-games", "--users", str(REPORTED_USER_SAMPLES["amazon-video-games"][0]),
+                           "--variants", REPORTED_VARIANTS],
     # the 500-user sample with teacher rationales on both splits; student rationales come from the main run's file
     "amazon-video-games-u500": ["--dataset", "amazon-video-games", "--users", "500",
                                 "--out", "runs/amazon-video-games-u500", "--rationales-from", "runs/amazon-video-games",
                                 "--variants", TEACHER_SAMPLE_VARIANTS],
     # 88.5% / 89.2% of the sample's valid / test rationales parse (the rest hit max_tokens inside Step 2),
     # just under the 90% default guard; the report prints the coverage beside the rows
-    "amazon-industrial-scientific": ["--dataset", "amazon-industrial-scientific", "--users", "600",
+    "amazon-industrial-scientific": ["--dataset", "amazon-industrial-scientific",
+                                     "--users", str(REPORTED_USER_SAMPLES["amazon-industrial-scientific"][0]),
                                      "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS],
 }
 # flags that make a run a second sample of a dataset: an explicit sample or directory from the caller

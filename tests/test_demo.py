@@ -373,3 +373,24 @@ def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue
 
     assert svc._memo and any(k.startswith("student:") for k in svc._memo)
     assert "interacted with" in student_messages(req.titles)[-1]["content"]
+
+
+def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
+    """A checkpoint is bound to its users' data fingerprint: the Space's Games dataset is the reported
+    3,000-user seeded sample, the same one `slim_eval --dataset all` evaluates."""
+    import pytest
+
+    if not (data_dir / "amazon-video-games" / "raw").is_dir():
+        pytest.skip("no Amazon Games raw files")
+    from slim.artifacts import REPORTED_USER_SAMPLES
+    from slim.data import load_dataset, sample_users
+    from slim.demo import DemoService
+    from slim.metrics import dataset_fingerprint
+
+    svc = DemoService(data_dir=data_dir)
+    assert "amazon-video-games" in svc.available_datasets()  # its student and rationales ship
+    served = svc.dataset("amazon-video-games")
+    full = load_dataset("amazon-video-games", data_dir)
+    n, seed = REPORTED_USER_SAMPLES["amazon-video-games"]
+    assert served.n_users == n
+    assert dataset_fingerprint(served) == dataset_fingerprint(full.subset_users(sample_users(full, n, seed)))
