@@ -173,6 +173,19 @@ def print_teacher_cells(reports: dict[str, dict]) -> None:
                   "paper: 22 of 27, sampled)")
 
 
+def print_paper_tables(layout: RunLayout, report: dict) -> None:
+    """The paper-shaped view on the console: Table 1 (X, X+, SLIM-, SLIM, Improv.) under the paper's
+    protocol, then Improv. and SLIM / SLIM- - 1 with their paired intervals over users (both protocols)."""
+    from .report import improvement_table, slim_vs_teacher_interval_table, table1
+
+    for block in (table1(report, "sampled", markdown=False) if "sampled" in report["protocols"] else None,
+                  improvement_table(layout, report, markdown=False),
+                  slim_vs_teacher_interval_table(layout, report, markdown=False)):
+        if block:
+            print()
+            print(block)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.results_md:  # no fitting: the pages are rebuilt from the shipped reports
@@ -222,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     md_path = layout.report(args.split, "md")
     print()
     print(results_table(report))
+    print_paper_tables(layout, report)
     print(f"\nwrote {layout.report(args.split, 'json')} and {md_path}")
     return report
 

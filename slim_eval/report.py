@@ -312,10 +312,12 @@ def improvement_table(layout: RunLayout, report: dict, metric: str = "NDCG@10", 
     return _interval_table(layout, report, "slim", ("id", "text"), "Improv.", metric, "SLIM <= max(X, X+)", markdown)
 
 
-def slim_vs_teacher_interval_table(layout: RunLayout, report: dict, metric: str = "NDCG@10") -> str | None:
+def slim_vs_teacher_interval_table(layout: RunLayout, report: dict, metric: str = "NDCG@10",
+                                   markdown: bool = True) -> str | None:
     """SLIM / SLIM- - 1 per backbone and protocol, with its interval: on a few hundred users the means
     of the cell table can differ by more than the seeds' std without the users supporting it."""
-    return _interval_table(layout, report, "slim", ("teacher",), "SLIM / SLIM- - 1", metric, "SLIM <= SLIM-")
+    return _interval_table(layout, report, "slim", ("teacher",), "SLIM / SLIM- - 1", metric, "SLIM <= SLIM-",
+                           markdown)
 
 
 def gain_by_rationale_table(layout: RunLayout, report: dict, metric: str = "NDCG@10",
