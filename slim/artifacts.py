@@ -119,12 +119,12 @@ class RunLayout:
     def distill_metrics(self) -> Path:
         """The distilled student's metrics.json (its training users): next to the rationales it wrote.
 
-        A run without its own student reads the shipped student's (``student_adapter(dataset)``'s
-        folder), the one that wrote the shipped rationales, so measures that must leave out the
-        student's training users still can on a fresh clone.
+        A run that reads the shipped student rationales (no student file of its own) reads the
+        shipped student's metrics (``student_adapter(dataset)``'s folder), the student that wrote
+        them, so measures that must leave out its training users still can on a fresh clone.
         """
         own = self.producers_root / "distill" / "adapter" / "metrics.json"
-        if own.exists() or self.dataset is None:
+        if own.exists() or self.dataset is None or not self.is_shipped(self.rationales("student")):
             return own
         shipped = REPO_ROOT / Path(student_adapter(self.dataset)).parent / "metrics.json"
         return shipped if shipped.exists() else own
