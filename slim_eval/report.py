@@ -477,7 +477,8 @@ def longtail_plot(layout: RunLayout, report: dict, backbone: str = "sasrec", var
 
 def _checkpoint_seconds(layout: RunLayout, checkpoint: str) -> float | None:
     """Training + per-epoch validation seconds of one fitted checkpoint (its config.json history)."""
-    rec = read_json(layout.checkpoints_dir / checkpoint / "config.json")
+    roots = [layout.checkpoints_dir, layout.shipped_checkpoints_dir, layout.hub_fits_dir]
+    rec = next((r for d in roots if d is not None and (r := read_json(d / checkpoint / "config.json"))), None)
     if not rec or not rec.get("history"):
         return None
     return float(sum(h.get("train_seconds", 0.0) + h.get("eval_seconds", 0.0) for h in rec["history"]))
@@ -493,9 +494,8 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
     from .inputs import load_rationale_rows
 
     rows: list[dict] = []
-    rdir = layout.rationales_dir
     seen: set[tuple] = set()  # a row copied into two files (teacher.jsonl -> teacher-distill-700.jsonl) was paid once
-    for path in sorted(rdir.glob("*.jsonl")) if rdir.is_dir() else []:
+    for path in layout.rationale_files():  # the run's own, and the shipped ones it read
         file_rows = list(load_rationale_rows(path).values())  # torn last line handled by RationaleStore
         secs, paid = [], 0.0
         for r in file_rows:
