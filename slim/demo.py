@@ -845,8 +845,11 @@ class DemoService:
         student_model = self.student(req.dataset)
         if not self.student_distilled(req.dataset):
             student.note = f"not distilled yet: {student_adapter(req.dataset)} is missing"
+        # the student's Step 3 is grounded too (same shortlist, under a grammar); its prompt stays the
+        # wording its adapter was distilled on, so only the items it may name change
+        sg = self.grounding(req) if grounds(student_model) else None
         threads.append(threading.Thread(target=self._worker, daemon=True, args=(
-            "student", student_model, student_messages(req.titles), self.student_params, student, emit, events)))
+            "student", student_model, student_messages(req.titles), self.student_params, student, emit, events, sg)))
         for t in threads:
             t.start()
         yield Update(teacher, student, info=self.describe(req))

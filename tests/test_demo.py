@@ -375,6 +375,22 @@ def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue
     assert "interacted with" in student_messages(req.titles)[-1]["content"]
 
 
+def test_the_students_step3_is_grounded_when_its_engine_takes_a_grammar(service):
+    """The llama.cpp student names only catalogue items new to the user (the same shortlist, under a
+    grammar), with the prompt its adapter was distilled on (no candidates block)."""
+    svc = DemoService(root=service.root, data_dir=service.data_dir)
+    svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
+    svc._encoder = service._encoder
+    student = script_student(svc, ScriptedGroundedTeacher())
+    svc._teacher_checked = True  # no teacher: the student alone
+    req = svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars", "Babe"])
+    last = list(svc.run(req, min_interval=0))[-1]
+    assert len(student.grammars) == 3 and last.student.status == "done"
+    assert len(set(last.student.step3_items)) == 3 and not set(last.student.step3_items) & set(req.item_idx)
+    assert "<candidates>" not in student.messages[0][-1]["content"]
+    assert last.ranked  # the grounded rationale ranks the catalogue
+
+
 def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
     """A checkpoint is bound to its users' data fingerprint: the Space's Games dataset is the reported
     3,000-user seeded sample, the same one `slim_eval --dataset all` evaluates."""
