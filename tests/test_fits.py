@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from slim.artifacts import REPO_ROOT
 from slim.recommenders.train import FitConfig, fit
 
 pytest.importorskip("huggingface_hub")
@@ -120,11 +119,14 @@ def test_incomplete_and_old_format_checkpoints_are_refused(fitted, tmp_path, cap
     slim_train("fits", "export", "--from", str(runs), "--to", str(dst), "--skip-incomplete")
     assert f"skipped {training.name}: incomplete" in capsys.readouterr().out
     assert len(list(dst.iterdir())) == 2
-    # checkpoints of the previous format (keys on the vectors' bytes) can never match fit()'s key now
-    old = REPO_ROOT / "assets" / "ml-100k" / "checkpoints"
-    old_format = [p for p in old.iterdir() if json.loads((p / "config.json").read_text())["key"]["format"] == 1]
-    if not old_format:
-        pytest.skip("no format-1 checkpoint left in assets/ml-100k/checkpoints")
+    # a checkpoint of the previous format (keyed on the vectors' bytes, as the first shipped ones
+    # were) can never match fit()'s key now: the same finished checkpoint, its record rewritten
+    old = tmp_path / "old-format"
+    ckpt = old / fits["id"].checkpoint_dir.name
+    shutil.copytree(fits["id"].checkpoint_dir, ckpt)
+    record = json.loads((ckpt / "config.json").read_text())
+    record["key"]["format"] = 1
+    (ckpt / "config.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="checkpoint format 1, not 2"):
         slim_train("fits", "export", "--from", str(old), "--to", str(tmp_path / "old"))
 
