@@ -156,12 +156,12 @@ class RunLayout:
             return False
 
     def rationale_files(self) -> list[Path]:
-        """Every rationale JSONL a reader sees: the run's own, plus shipped ones of names it lacks."""
+        """Every rationale JSONL a reader sees: the run's own, plus the shipped teacher / student files it
+        reads in place of missing own ones (:meth:`rationales`). Other shipped files (a growing
+        distillation set, say) are not mixed into a run that did not ask for them."""
         own = sorted(self.rationales_dir.glob("*.jsonl")) if self.rationales_dir.is_dir() else []
-        shipped_dir = self.shipped_rationales_dir
-        shipped = sorted(shipped_dir.glob("*.jsonl")) if shipped_dir is not None and shipped_dir.is_dir() else []
-        names = {p.name for p in own}
-        return own + [p for p in shipped if p.name not in names]
+        read = [self.rationales(name) for name in RATIONALE_FILES]
+        return own + [p for p in read if self.is_shipped(p) and p.exists() and p not in own]
 
     @property
     def checkpoints_dir(self) -> Path:

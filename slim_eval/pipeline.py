@@ -286,7 +286,7 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
         print("rationale quality: slim/rationale_quality.py is missing (expected "
               "quality_report(dataset, path, reference_path=None) -> dict); nothing to report")
         return None
-    files = layout.rationale_files()  # the run's own, plus shipped ones of names it lacks
+    files = layout.rationale_files()  # the run's own, plus the shipped teacher / student files it reads
     if not files:
         print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
               f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")
