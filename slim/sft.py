@@ -11,6 +11,16 @@ inference) + completion ids (rationale + end-of-turn). Labels are -100 on the pr
 is on rationale tokens only. Concatenating the two tokenisations (rather than tokenising the whole
 chat at once) keeps training and inference token-identical at the boundary.
 
+Grounded rows (``prompt="grounded"``, rows with ``grounding``): the student prompt names the
+dataset's domain and shows the same candidate shortlist the teacher chose its Step-3 items from,
+recomputed from the same history with the row's recorded ``GroundingConfig`` (slim.grounding), so
+the student learns to pick among the candidates it will be shown at inference (``reason --step3
+grammar``).
+
+Several datasets: rows of a dataset other than the run's primary one get the key
+``"<dataset>/<user_id>"`` (:func:`example_key`), so two datasets' user ids never collide in the
+held-out split, the checkpoint's row list or the card.
+
 Over-long examples: the oldest history titles are dropped first (the prompt shows at most the 20
 most recent anyway), keeping the whole rationale and its end-of-turn token, because a truncated
 target would teach the student to never finish Step 3. Only if ``min_history`` titles still do not
@@ -20,9 +30,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from functools import partial
+from typing import Callable, Iterable, Sequence
 
-from .prompts import DEFAULT_MAX_HISTORY, student_messages
+from .prompts import DEFAULT_MAX_HISTORY, Messages, domain_for, student_messages
 
 IGNORE_INDEX = -100
 
@@ -43,6 +54,7 @@ class BuildStats:
     truncated_target: int = 0
     prompt_tokens: int = 0
     target_tokens: int = 0
+    picks_outside_shortlist: int = 0  # teacher Step-3 items the recomputed shortlist lacks (float drift)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -50,7 +62,8 @@ class BuildStats:
     def as_dict(self) -> dict:
         return {"rows": self.rows, "skipped": dict(self.skipped), "shortened_history": self.shortened_history,
                 "truncated_target": self.truncated_target, "prompt_tokens": self.prompt_tokens,
-                "target_tokens": self.target_tokens}
+                "target_tokens": self.target_tokens,
+                "picks_outside_shortlist": self.picks_outside_shortlist}
 
 
 def completion_suffix(tokenizer) -> str:
@@ -63,12 +76,15 @@ def completion_suffix(tokenizer) -> str:
 
 
 def encode_pair(tokenizer, titles: Sequence[str], target: str, max_len: int, max_history: int = DEFAULT_MAX_HISTORY,
-                min_history: int = 3) -> tuple[list[int], list[int], int, bool]:
-    """(input_ids, labels, titles shown, target truncated) for one example within ``max_len`` tokens."""
+                min_history: int = 3, messages: Callable[..., Messages] = student_messages,
+                ) -> tuple[list[int], list[int], int, bool]:
+    """(input_ids, labels, titles shown, target truncated) for one example within ``max_len`` tokens.
+
+    ``messages(titles, max_history=n)``: the student prompt builder (plain, or with domain and candidates)."""
     target_ids = tokenizer(target.strip() + completion_suffix(tokenizer), add_special_tokens=False)["input_ids"]
     shown = min(len(titles), max_history) if max_history else len(titles)
     while True:
-        text = tokenizer.apply_chat_template(student_messages(titles, max_history=shown), tokenize=False,
+        text = tokenizer.apply_chat_template(messages(titles, max_history=shown), tokenize=False,
                                              add_generation_prompt=True)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) + len(target_ids) <= max_len or shown <= min(min_history, len(titles)):
@@ -80,12 +96,70 @@ def encode_pair(tokenizer, titles: Sequence[str], target: str, max_len: int, max
     return prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids, shown, truncated
 
 
+PROMPTS = ("plain", "grounded")
+
+
+def example_key(row: dict, primary: str) -> str:
+    """The id of a teacher row's example: its user id, prefixed by its dataset unless that is ``primary``."""
+    name = str(row.get("dataset") or primary)
+    return str(row["user_id"]) if name == primary else f"{name}/{row['user_id']}"
+
+
+def trained_user_ids(keys: Iterable, primary: str, dataset_name: str) -> set[str]:
+    """The user ids of ``dataset_name`` among example keys (a card's ``users``) of a run on ``primary``."""
+    out = set()
+    for key in keys:
+        key = str(key[0] if isinstance(key, (list, tuple)) else key)
+        name, _, uid = key.rpartition("/")
+        if (name or primary) == dataset_name:
+            out.add(uid)
+    return out
+
+
+class ShortlistFor:
+    """The grounded student prompt of one dataset: its domain and, per row, the teacher's shortlist."""
+
+    def __init__(self, dataset, encoder=None):
+        from .encoders import TextEncoder, item_text_matrix
+
+        self.dataset, self.domain = dataset, domain_for(dataset.name)
+        self.vectors = item_text_matrix(dataset, encoder or TextEncoder())
+        self._indexes: dict = {}
+
+    def titles(self, row: dict, history) -> tuple[list[str], list[int], int]:
+        """(candidate titles in display form, their item ids, k) as the row's grounding config makes them."""
+        from .grounding import CandidateIndex, GroundingConfig
+
+        conf = {k: v for k, v in row["grounding"].items() if k != "candidates"}
+        cfg = GroundingConfig(**conf)
+        if cfg.popularity_weight not in self._indexes:
+            self._indexes[cfg.popularity_weight] = CandidateIndex.for_dataset(self.dataset, self.vectors,
+                                                                              cfg.popularity_weight)
+        index = self._indexes[cfg.popularity_weight]
+        ids = index.candidates(history, cfg.n_candidates, cfg.recent)
+        return [index.display[i] for i in ids], ids, cfg.k
+
+
 def build_examples(dataset, rows: Iterable[dict], tokenizer, max_len: int = 512,
-                   max_history: int = DEFAULT_MAX_HISTORY) -> tuple[list[Example], BuildStats]:
-    """Examples for the ``ok`` teacher rows whose user is in ``dataset``; reasons for the others."""
+                   max_history: int = DEFAULT_MAX_HISTORY, prompt: str = "plain", primary: str | None = None,
+                   shortlist: ShortlistFor | None = None) -> tuple[list[Example], BuildStats]:
+    """Examples for the ``ok`` teacher rows whose user is in ``dataset``; reasons for the others.
+
+    ``prompt="grounded"``: rows with a ``grounding`` record get the domain-aware student prompt with the
+    teacher's candidate shortlist (``shortlist`` reuses an encoded catalogue); other rows are skipped,
+    since a free Step 3 would teach the student to ignore its candidates.
+    """
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    primary = primary or dataset.name
     index = {str(uid): i for i, uid in enumerate(dataset.user_ids)}
     stats, out = BuildStats(), []
+    if prompt == "grounded" and shortlist is None:
+        shortlist = ShortlistFor(dataset)
     for row in rows:
+        if str(row.get("dataset") or primary) != dataset.name:
+            stats.skip("row of another dataset")
+            continue
         if row.get("status") != "ok":
             stats.skip("status not ok")
             continue
@@ -97,8 +171,16 @@ def build_examples(dataset, rows: Iterable[dict], tokenizer, max_len: int = 512,
         if "history_len" in row and int(row["history_len"]) != len(history):
             stats.skip("history length differs from the teacher's")
             continue
+        messages = student_messages
+        if prompt == "grounded":
+            if not row.get("grounding") or not row.get("step3_items"):
+                stats.skip("no grounded Step 3")
+                continue
+            titles, ids_, k = shortlist.titles(row, history)
+            stats.picks_outside_shortlist += sum(int(i) not in ids_ for i in row["step3_items"])
+            messages = partial(student_messages, domain=shortlist.domain, candidates=titles, k=k)
         ids, labels, shown, truncated = encode_pair(tokenizer, dataset.titles(history), row["rationale"], max_len,
-                                                    max_history)
+                                                    max_history, messages=messages)
         if all(lab == IGNORE_INDEX for lab in labels):
             stats.skip("prompt alone exceeds max_len")
             continue
@@ -108,7 +190,7 @@ def build_examples(dataset, rows: Iterable[dict], tokenizer, max_len: int = 512,
         n_target = sum(lab != IGNORE_INDEX for lab in labels)
         stats.prompt_tokens += len(ids) - n_target
         stats.target_tokens += n_target
-        out.append(Example(str(row["user_id"]), ids, labels, shown))
+        out.append(Example(example_key(row, primary), ids, labels, shown))
     return out, stats
 
 

@@ -266,11 +266,15 @@ def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     path = layout.distill_metrics
     if not path.exists():
         return set()
+    from slim.sft import trained_user_ids
+
     m = json.loads(path.read_text())
-    if m.get("dataset") not in (None, dataset_name):
+    primary = m.get("dataset") or dataset_name
+    if primary != dataset_name and dataset_name not in m.get("also_datasets", []):
         return set()
-    held_out = set(m.get("data", {}).get("val_users", []))
-    return {str(u[0] if isinstance(u, list) else u) for u in m.get("users", [])} - held_out
+    # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
+    return (trained_user_ids(m.get("users", []), primary, dataset_name)
+            - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
 
 
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:

@@ -41,6 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 from .common import add_common, run_dir
 
@@ -76,18 +77,32 @@ class DistillConfig:
     # serves a second domain: the ML-100K student continues on a few hundred Games rationales, which
     # costs minutes of teacher time per hundred users instead of a full per-domain distillation.
     init_adapter: str = ""
+    # The student prompt: "plain" (history only; the v2/v3 students) or "grounded" (the dataset's domain
+    # and the teacher's candidate shortlist, so the student learns to choose Step 3 among the candidates
+    # `reason --step3 grammar --domain dataset` shows it; rows without a grounded Step 3 are skipped).
+    prompt: str = "plain"
 
     def trainable_key(self) -> dict:
-        """Fields that must not change when resuming (they change what the checkpoint means)."""
+        """Fields that must not change when resuming (they change what the checkpoint means).
+
+        ``prompt`` joins the key only when not "plain", so checkpoints written before it existed resume."""
         keep = ("base", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "max_len", "max_history",
                 "val_fraction", "seed", "batch_size", "grad_accum", "init_adapter")
-        return {k: getattr(self, k) for k in keep}
+        key = {k: getattr(self, k) for k in keep}
+        if self.prompt != "plain":
+            key["prompt"] = self.prompt
+        return key
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p)
     d = DistillConfig()
-    p.add_argument("--teacher-file", type=Path, default=None, help="default: <run dir>/rationales/teacher.jsonl")
+    p.add_argument("--teacher-file", type=Path, nargs="+", default=None,
+                   help="default: <run dir>/rationales/teacher.jsonl; several files (e.g. ML-100K and Games rows) "
+                        "train one student on several domains: each row's `dataset` field names its dataset")
+    p.add_argument("--prompt", choices=["plain", "grounded"], default=d.prompt,
+                   help="student prompt: plain (history only) or grounded (domain + the teacher's candidate "
+                        "shortlist; for rows written by `teach --step3 grammar`)")
     p.add_argument("--base", default="", help="student HF folder or Hub id (default: converted SmolLM2-135M-Instruct)")
     p.add_argument("--base-model", default="", help="Hub id recorded in the adapter (default: the student's)")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
@@ -135,7 +150,7 @@ def _row_digest(row: dict) -> str:
     return hashlib.sha256(row["rationale"].encode()).hexdigest()[:16]
 
 
-def select_rows(rows: list[dict], n: int | None, state: dict | None) -> list[dict]:
+def select_rows(rows: list[dict], n: int | None, state: dict | None, primary: str = "") -> list[dict]:
     """ok ``valid`` rows in teacher-file order, first ``n``; on resume the exact rows of the checkpoint,
     so a teacher file that grew meanwhile does not change the run.
 
@@ -147,7 +162,9 @@ def select_rows(rows: list[dict], n: int | None, state: dict | None) -> list[dic
     ok = [r for r in rows if r.get("status") == "ok" and r.get("split", "valid") == "valid"]
     if state is None:
         return ok[:n] if n else ok
-    by_user = {str(r["user_id"]): r for r in ok}
+    from slim.sft import example_key
+
+    by_user = {example_key(r, primary): r for r in ok}
     chosen = []
     for uid, digest in state["data"]["teacher_rows"]:
         r = by_user.get(uid)
@@ -166,6 +183,18 @@ def read_jsonl(path: Path) -> list[dict]:
                 break  # torn last line of a running teacher
             rows.append(json.loads(line))
     return rows
+
+
+def merge_stats(a, b):
+    """The sum of two datasets' ``slim.sft.BuildStats``."""
+    from slim.sft import BuildStats
+
+    skipped = dict(a.skipped)
+    for k, v in b.skipped.items():
+        skipped[k] = skipped.get(k, 0) + v
+    return BuildStats(a.rows + b.rows, skipped, a.shortened_history + b.shortened_history,
+                      a.truncated_target + b.truncated_target, a.prompt_tokens + b.prompt_tokens,
+                      a.target_tokens + b.target_tokens, a.picks_outside_shortlist + b.picks_outside_shortlist)
 
 
 def split_examples(examples, fraction: float):
@@ -427,8 +456,11 @@ def _has_accelerator_device() -> bool:
 
 def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_out: Path, *,
           meta: dict, restart: bool = False, initial_eval: bool = True, gguf: bool = True,
-          check_sync: bool = False) -> dict:
-    """Train (or resume) and write the adapter; returns the metrics dict. Usable from tests."""
+          check_sync: bool = False, also: Sequence = ()) -> dict:
+    """Train (or resume) and write the adapter; returns the metrics dict. Usable from tests.
+
+    ``dataset``: the primary dataset (its rows keep bare user ids); ``also``: further datasets whose
+    rows in ``rows`` train the same student (their examples are keyed ``<dataset>/<user_id>``)."""
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -468,13 +500,22 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-    chosen = select_rows(rows, meta.get("users"), state)
-    examples, stats = build_examples(dataset, chosen, tokenizer, cfg.max_len, cfg.max_history)
+    from slim.sft import BuildStats, example_key
+
+    chosen = select_rows(rows, meta.get("users"), state, dataset.name)
+    examples, stats = [], BuildStats()
+    for ds in (dataset, *also):
+        mine = [r for r in chosen if str(r.get("dataset") or dataset.name) == ds.name]
+        ex, st = build_examples(ds, mine, tokenizer, cfg.max_len, cfg.max_history, prompt=cfg.prompt,
+                                primary=dataset.name)
+        examples += ex
+        stats = merge_stats(stats, st)
     train_ex, val_ex = split_examples(examples, cfg.val_fraction)
     if not train_ex:
         raise SystemExit("no training examples: the teacher file has no usable ok rows for this dataset")
     used = {e.user_id for e in examples}
-    data_record = {"teacher_rows": [[str(r["user_id"]), _row_digest(r)] for r in chosen if str(r["user_id"]) in used],
+    data_record = {"teacher_rows": [[example_key(r, dataset.name), _row_digest(r)] for r in chosen
+                                    if example_key(r, dataset.name) in used],
                    "train_examples": len(train_ex), "val_examples": len(val_ex),
                    "val_users": [e.user_id for e in val_ex], **stats.as_dict()}
 
@@ -704,6 +745,7 @@ def finish(cfg: DistillConfig, model, tokenizer, history: dict, data_record: dic
     metrics = {
         "base_model": cfg.base_model, "teacher_model": meta.get("teacher_model"), "dataset": meta.get("dataset"),
         "teacher_file": meta.get("teacher_file"), "config": asdict(cfg),
+        **({"also_datasets": meta["also_datasets"]} if meta.get("also_datasets") else {}),
         "data": {k: v for k, v in data_record.items() if k != "teacher_rows"},
         "steps": step, "epochs_done": step / steps_per_epoch,
         "train_loss_last": history.get("last_loss"),
@@ -822,17 +864,22 @@ def main(args: argparse.Namespace) -> None:
         cfg.base_model = cfg.base_model or STUDENT_NAME
     cfg.base_model = cfg.base_model or cfg.base
     out = run_dir(args)
-    teacher_file = args.teacher_file or out / "rationales" / "teacher.jsonl"
-    if not teacher_file.exists():
-        raise SystemExit(f"{teacher_file} does not exist. Fix: python -m slim_train teach --dataset {args.dataset}")
-    rows = read_jsonl(teacher_file)
+    teacher_files = args.teacher_file or [out / "rationales" / "teacher.jsonl"]
+    rows = []
+    for teacher_file in teacher_files:
+        if not teacher_file.exists():
+            raise SystemExit(f"{teacher_file} does not exist. Fix: python -m slim_train teach --dataset {args.dataset}")
+        rows += read_jsonl(teacher_file)
     ok_models = sorted({r.get("model", "?") for r in rows if r.get("status") == "ok"})
     ds = load_dataset(args.dataset, args.data_dir)
-    meta = {"dataset": args.dataset, "teacher_file": str(teacher_file), "teacher_model": ", ".join(ok_models),
-            "users": args.users, "hardware": hardware()}
+    others = sorted({str(r["dataset"]) for r in rows if r.get("dataset") and r["dataset"] != args.dataset})
+    also = [load_dataset(name, args.data_dir) for name in others]
+    meta = {"dataset": args.dataset, "teacher_file": ", ".join(str(f) for f in teacher_files),
+            "teacher_model": ", ".join(ok_models), "users": args.users, "hardware": hardware(),
+            **({"also_datasets": others} if others else {})}
     metrics = train(cfg, rows, ds, out / "distill", args.adapter_out or out / "distill" / "adapter", meta=meta,
                     restart=args.restart, initial_eval=not args.no_initial_eval, gguf=not args.no_gguf,
-                    check_sync=args.check_sync)
+                    check_sync=args.check_sync, also=also)
     if metrics:
         print(json.dumps({k: metrics[k] for k in ("steps", "train_loss_last", "val_loss_initial", "val_loss_final",
                                                   "seconds_per_step", "peak_rss_gb")}, indent=1))

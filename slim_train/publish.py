@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from .common import add_common, run_dir
 
@@ -38,7 +39,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo-id", required=True, help="model repo, e.g. user/slim-smollm2-ml100k")
     p.add_argument("--dry-run", action="store_true", help="only write the staging folder")
     p.add_argument("--adapter", type=Path, default=None, help="default: <run dir>/distill/adapter")
-    p.add_argument("--teacher-file", type=Path, default=None, help="default: metrics.json's teacher_file")
+    p.add_argument("--teacher-file", type=Path, nargs="+", default=None,
+                   help="default: metrics.json's teacher_file (one or several files, comma-separated there)")
     p.add_argument("--dataset-repo", default=None, help="push the rationales as this dataset repo instead")
     p.add_argument("--no-rationales", action="store_true", help="publish the adapter only")
     p.add_argument("--staging", type=Path, default=None, help="default: <run dir>/publish/<repo name>")
@@ -51,7 +53,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def rationale_rows(metrics: dict, teacher_file: Path) -> list[dict]:
+def rationale_rows(metrics: dict, teacher_file: Path | Sequence[Path]) -> list[dict]:
     """The exact teacher rows the adapter was trained on, in training order.
 
     A teacher file holds one row per (user, split): distill trains on the ``valid`` rows, and the
@@ -60,13 +62,19 @@ def rationale_rows(metrics: dict, teacher_file: Path) -> list[dict]:
     metrics.json names no split, so the row is the one whose text has the recorded digest
     (``valid`` first).
     """
+    from slim.sft import example_key
+
+    files = [teacher_file] if isinstance(teacher_file, (str, Path)) else list(teacher_file)
+    primary = str(metrics.get("dataset") or "")
     rows: dict[tuple[str, str], dict] = {}
-    with open(teacher_file, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                continue  # a torn last line (a crash mid-write) is not a row
-            r = json.loads(line)
-            rows[(str(r["user_id"]), str(r.get("split", "valid")))] = r
+    for path in files:
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    continue  # a torn last line (a crash mid-write) is not a row
+                r = json.loads(line)
+                # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
+                rows[(example_key(r, primary), str(r.get("split", "valid")))] = r
     splits: dict[str, list[str]] = {}
     for uid, split in rows:
         splits.setdefault(uid, []).append(split)
@@ -81,7 +89,7 @@ def rationale_rows(metrics: dict, teacher_file: Path) -> list[dict]:
             raise SystemExit(f"{teacher_file}: the row of user {uid} the adapter was trained on is missing or changed "
                              f"(splits in the file for this user: {named or 'none'}). Fix: pass the teacher file "
                              "distill read (--teacher-file), or --no-rationales")
-        out.append({"user_id": uid, "split": r["split"], "history_len": r.get("history_len"),
+        out.append({"user_id": str(r["user_id"]), "dataset": str(r.get("dataset") or primary), "split": r["split"], "history_len": r.get("history_len"),
                     "teacher": r.get("model"), "prompt_hash": r.get("prompt_hash"), "params": json.dumps(r.get("params")),
                     "rationale": r["rationale"], "steps": r.get("steps"), "is_validation": uid in val})
     return out
@@ -157,9 +165,11 @@ def _write_stage(adapter: Path, metrics: dict, staging: Path, repo_id: str, teac
     n_rows = 0
     has_dataset = False
     if include_rationales:
-        tf = teacher_file or Path(metrics.get("teacher_file", ""))
-        if not tf.exists():
-            raise SystemExit(f"teacher file {tf} not found; pass --teacher-file or --no-rationales")
+        tf = teacher_file or [Path(f.strip()) for f in str(metrics.get("teacher_file", "")).split(",")]
+        tf = [tf] if isinstance(tf, (str, Path)) else tf
+        missing = [str(f) for f in tf if not Path(f).exists()]
+        if missing or not tf:
+            raise SystemExit(f"teacher file {', '.join(missing)} not found; pass --teacher-file or --no-rationales")
         rows = rationale_rows(metrics, tf)
         n_rows = len(rows)
         if dataset_repo:

@@ -288,3 +288,48 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16():
     assert resolve_precision("auto", cpu_flags(info.replace("avx512_vnni", "avx512_vnni avx512_bf16"))) == "bf16"
     assert resolve_precision("auto", {"amx_bf16", "amx_tile"}) == "bf16"
     assert resolve_precision("no", {"avx512_bf16"}) == "no"  # an explicit choice is kept
+
+
+def test_grounded_examples_show_the_domain_and_the_teachers_shortlist(ds, tokenizer):
+    """A grounded teacher row becomes a student prompt that names movies and lists the very candidates
+    the teacher's Step-3 items were chosen from (recomputed from the same history)."""
+    from pathlib import Path
+
+    from slim.grounding import display_title
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "teacher-grounded.jsonl"
+    rows = [json.loads(x) for x in shipped.read_text().splitlines()[:3]]
+    rows.append({**teacher_rows(ds, 1)[0]})  # a free Step 3: not a grounded example
+    examples, stats = build_examples(ds, rows, tokenizer, max_len=1024, prompt="grounded")
+    assert len(examples) == 3 and stats.skipped == {"no grounded Step 3": 1}
+    assert stats.picks_outside_shortlist == 0
+    titles = {int(i): display_title(t) for i, t in zip(ds.items.index, ds.items["title"])}
+    for ex, row in zip(examples, rows):
+        prompt = tokenizer.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == IGNORE_INDEX])
+        assert "movies a user watched" in prompt and "<candidates>" in prompt
+        for item in row["step3_items"]:
+            assert f"- {titles[item]}" in prompt  # the teacher's pick is among the candidates shown
+    plain, _ = build_examples(ds, rows[:1], tokenizer, max_len=1024)
+    assert "<candidates>" not in tokenizer.decode(plain[0].input_ids)
+
+
+def test_one_student_on_two_datasets_keys_the_second_datasets_users(ds, scientific, tmp_path):
+    """Rows of a second dataset train the same student; their users are "<dataset>/<id>" in the card,
+    so a user id shared by the two datasets is two examples and the held-out sets stay apart."""
+    from slim.sft import trained_user_ids
+
+    teacher_a, teacher_b = tmp_path / "ml.jsonl", tmp_path / "sci.jsonl"
+    write_jsonl(teacher_a, [{**r, "dataset": "ml-100k"} for r in teacher_rows(ds, 4)])
+    write_jsonl(teacher_b, [{**r, "dataset": scientific.name} for r in teacher_rows(scientific, 4)])
+    from slim_train.__main__ import main
+
+    main(["distill", "--dataset", "ml-100k", "--out", str(tmp_path / "run"), "--teacher-file", str(teacher_a),
+          str(teacher_b), "--batch-size", "2", "--max-len", "256", "--max-history", "5", "--epochs", "1",
+          "--val-fraction", "0.25", "--no-gguf", "--max-steps", "1", "--no-initial-eval"])
+    metrics = json.loads((tmp_path / "run" / "distill" / "adapter" / "metrics.json").read_text())
+    assert metrics["also_datasets"] == [scientific.name]
+    keys = [u[0] for u in metrics["users"]]
+    assert len(keys) == 8 and sum(k.startswith(f"{scientific.name}/") for k in keys) == 4
+    assert trained_user_ids(metrics["users"], "ml-100k", "ml-100k") == {str(ds.user_ids[u]) for u in range(4)}
+    assert trained_user_ids(metrics["users"], "ml-100k", scientific.name) == {
+        str(scientific.user_ids[u]) for u in range(4)}
