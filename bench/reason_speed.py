@@ -1,13 +1,18 @@
 """Seconds per rationale, teacher vs student, on the same users in one run (ratio goal >= 10x).
 
-    OMP_WAIT_POLICY=PASSIVE python bench/reason_speed.py --users 8 [--adapter assets/student/adapter.gguf]
-        [--merged runs/merged/student-q8_0.gguf]   # from `python -m slim_train merge --quant q8_0`
+    OMP_WAIT_POLICY=PASSIVE python bench/reason_speed.py --users 8 --step3 grammar \
+        --adapter assets/student/adapter.gguf [--merged runs/merged/student-q8_0.gguf]
+        # --merged: from `python -m slim_train merge --adapter <folder> --quant q8_0`
 
 Both run in-process on llama.cpp with the same thread count, greedy, on the validation histories
-(train prefixes) of the first N users of ML-100K. ``--merged`` adds the student with its LoRA merged
-into the weights and re-quantised (one GGUF, no adapter matmuls), timed on the same prompts.
+(train prefixes) of the first N users of the dataset. ``--step3 grammar`` times what
+``teach``/``reason --step3 grammar --domain dataset`` run: the domain-aware prompt with the
+candidate shortlist, Steps 1-2 free, then K grammar-bound catalogue picks (slim.grounding);
+``--step3 free`` the plain prompts with a free Step 3. ``--merged`` adds the student with its LoRA
+merged into the weights and re-quantised (one GGUF, no adapter matmuls), on the same prompts.
+Prompt and answer lengths are printed, since the prompt is a large share of the time.
 The aggregate throughput of ``python -m slim_train reason --workers 2`` (one single-threaded
-llama.cpp per core) is measured by running that command; see the README.
+llama.cpp per core) is measured by running that command.
 """
 from __future__ import annotations
 
@@ -22,52 +27,92 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slim.data import load_dataset  # noqa: E402
-from slim.prompts import student_messages, teacher_messages  # noqa: E402
+from slim.prompts import domain_for, student_messages, teacher_messages  # noqa: E402
 from slim.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
 from slim.weights import student_gguf_path, teacher_gguf_path  # noqa: E402
 
 
-def time_reasoner(reasoner, prompts, params) -> tuple[float, float]:
+def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
+    """Mean seconds, tokens per second and mean prompt / completion tokens over ``prompts``.
+
+    ``grounded``: (candidate titles per prompt, GroundingConfig) to time the grammar-bound Step 3."""
+    from slim.grounding import grounded_generation
+
     reasoner.generate(prompts[:1], GenerationParams(max_tokens=4))  # warm-up: weights paged in
     t0 = time.perf_counter()
-    gens = reasoner.generate(prompts, params)
+    if grounded is None:
+        gens = reasoner.generate(prompts, params)
+    else:
+        shortlists, cfg = grounded
+        gens = [grounded_generation(reasoner, m, titles, params, cfg)[0] for m, titles in zip(prompts, shortlists)]
     dt = time.perf_counter() - t0
-    return dt / len(prompts), sum(g.completion_tokens for g in gens) / dt
+    n = len(prompts)
+    return {"s": dt / n, "tps": sum(g.completion_tokens for g in gens) / dt,
+            "prompt": sum(g.prompt_tokens for g in gens) / n, "completion": sum(g.completion_tokens for g in gens) / n}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--users", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="1 was faster than 2 on the 2-vCPU box")
     ap.add_argument("--adapter", default=None, help="student LoRA as GGUF")
     ap.add_argument("--merged", default=None, help="student GGUF with the LoRA merged in (slim_train merge)")
-    ap.add_argument("--teacher-max-tokens", type=int, default=256)
+    ap.add_argument("--step3", choices=("grammar", "free"), default="grammar")
+    ap.add_argument("--max-history", type=int, default=20, help="history titles the prompts show")
+    ap.add_argument("--no-teacher", action="store_true", help="time the student(s) only")
+    ap.add_argument("--teacher-max-tokens", type=int, default=160)
     ap.add_argument("--student-max-tokens", type=int, default=200)
     args = ap.parse_args()
 
-    ds = load_dataset("ml-100k")
+    ds = load_dataset(args.dataset)
     users = range(args.users)
-    histories = [ds.titles(ds.history(u, "valid")) for u in users]
+    histories = [ds.history(u, "valid") for u in users]
+    titles = [ds.titles(h) for h in histories]
+    domain = domain_for(ds.name)
+    grounded = None
+    if args.step3 == "grammar":
+        from slim.encoders import TextEncoder, item_text_matrix
+        from slim.grounding import CandidateIndex, GroundingConfig
+
+        cfg = GroundingConfig()
+        index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)
+        shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
+        grounded = (shortlists, cfg)
+        student_prompts = [student_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
+        teacher_prompts = [teacher_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
+    else:
+        student_prompts = [student_messages(t, args.max_history) for t in titles]
+        teacher_prompts = [teacher_messages(t, args.max_history, domain) for t in titles]
+
+    results = {}
     student = LlamaCppReasoner(student_gguf_path(), args.adapter, n_threads=args.threads)
-    s_per_student, tps_student = time_reasoner(student, [student_messages(h) for h in histories],
-                                               GenerationParams(max_tokens=args.student_max_tokens))
+    results["student"] = time_reasoner(student, student_prompts, GenerationParams(max_tokens=args.student_max_tokens),
+                                       grounded)
     del student
     if args.merged:
         merged = LlamaCppReasoner(args.merged, n_threads=args.threads)
-        s_per_merged, tps_merged = time_reasoner(merged, [student_messages(h) for h in histories],
-                                                 GenerationParams(max_tokens=args.student_max_tokens))
+        results["merged"] = time_reasoner(merged, student_prompts, GenerationParams(max_tokens=args.student_max_tokens),
+                                          grounded)
         del merged
-    teacher = LlamaCppReasoner(teacher_gguf_path(), n_threads=args.threads)
-    s_per_teacher, tps_teacher = time_reasoner(teacher, [teacher_messages(h) for h in histories],
-                                               GenerationParams(max_tokens=args.teacher_max_tokens))
-    del teacher
-    print(f"ML-100K, {args.users} users (valid histories), llama.cpp {args.threads} threads, greedy")
-    print(f"teacher Qwen2.5-Coder-1.5B Q4_K_M : {s_per_teacher:6.2f} s/rationale  ({tps_teacher:5.1f} tok/s)")
-    print(f"student SmolLM2-135M Q4_1{'+LoRA' if args.adapter else '      '}   : {s_per_student:6.2f} s/rationale  ({tps_student:5.1f} tok/s)")
-    print(f"ratio teacher/student             : {s_per_teacher / s_per_student:6.1f}x   (goal >= 10x)")
-    if args.merged:
-        print(f"student merged {Path(args.merged).name:18s}: {s_per_merged:6.2f} s/rationale  ({tps_merged:5.1f} tok/s)")
-        print(f"ratio teacher/merged student      : {s_per_teacher / s_per_merged:6.1f}x   (goal >= 10x)")
+    if not args.no_teacher:
+        teacher = LlamaCppReasoner(teacher_gguf_path(), n_threads=args.threads, n_ctx=4096)
+        results["teacher"] = time_reasoner(teacher, teacher_prompts,
+                                           GenerationParams(max_tokens=args.teacher_max_tokens), grounded)
+        del teacher
+
+    print(f"{ds.name}, {args.users} users (valid histories, {args.max_history} titles shown), Step 3 {args.step3}, "
+          f"llama.cpp {args.threads} thread(s), greedy")
+    names = {"teacher": "teacher Qwen2.5-Coder-1.5B Q4_K_M",
+             "student": f"student SmolLM2-135M Q4_1{' + LoRA' if args.adapter else ''}",
+             "merged": f"student merged {Path(args.merged).name if args.merged else ''}"}
+    for key, r in results.items():
+        print(f"{names[key]:42s}: {r['s']:6.2f} s/rationale ({r['tps']:5.1f} tok/s; prompt {r['prompt']:.0f} tok, "
+              f"answer {r['completion']:.0f} tok)")
+    if "teacher" in results:
+        for key in ("student", "merged"):
+            if key in results:
+                print(f"ratio teacher/{key:28s}: {results['teacher']['s'] / results[key]['s']:6.1f}x   (goal >= 10x)")
 
 
 if __name__ == "__main__":
