@@ -207,7 +207,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
                     + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ut.coverage.items()) + "; missing users get zeros")
             if note not in notes:
                 notes.append(note)
-        cfg_kwargs = {"backbone": backbone, "variant": s.model_variant, "seed": seed, "tag": s.tag, "fusion": s.fusion}
+        cfg_kwargs = {"backbone": backbone, "variant": s.model_variant, "seed": seed, "tag": s.tag, "fusion": s.fusion,
+                      "rationale_window": s.rationale_window}
         if args.epochs is not None:
             cfg_kwargs["epochs"] = args.epochs
         cfg = FitConfig(**cfg_kwargs)

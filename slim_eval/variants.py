@@ -22,6 +22,9 @@ slim-clean      slim          student, 3 steps, step (ours) SLIM (X) with Step 3
 slim-gated      slim (gated)  student rationales     (ours) s_u = h_t + g * g_l'(r), g = 0 at init
 teacher-gated   teacher       teacher rationales     (ours) the same gate with the teacher's rationales
                 (gated)
+slim-noleak     slim          student rationales     (ours) SLIM trained with a zero rationale at the
+                                                     positions whose target its prompt showed
+teacher-noleak  teacher       teacher rationales     (ours) the same for SLIM-
 ==============  ============  =====================  ==========================================
 
 ``match*`` variants have no backbone: they are fitted once (backbone "none"), whatever
@@ -34,7 +37,8 @@ from dataclasses import dataclass
 from slim.artifacts import student_adapter
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
-                 "match-teacher", "match-step3-clean", "match-clean", "slim-clean", "slim-gated", "teacher-gated")
+                 "match-teacher", "match-step3-clean", "match-clean", "slim-clean", "slim-gated", "teacher-gated",
+                 "slim-noleak", "teacher-noleak")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class VariantSpec:
     tag: str = ""  # FitConfig.tag: keeps checkpoint names of same-model variants apart
     clean_step3: bool = False  # Step 3 post-filtered (slim.step3_filter) before encoding
     fusion: str = "concat"  # FitConfig.fusion: "gated" starts from X+ and lets the rationale in by a gate
+    rationale_window: int = 0  # FitConfig.rationale_window: leakage-free training positions
 
     @property
     def has_backbone(self) -> bool:
@@ -69,6 +74,12 @@ def spec(name: str) -> VariantSpec:
     if name in ("slim-gated", "teacher-gated"):
         who = name.split("-")[0]
         return VariantSpec(name, who, rationales="student" if who == "slim" else "teacher", tag="gated", fusion="gated")
+    if name in ("slim-noleak", "teacher-noleak"):
+        from slim.prompts import DEFAULT_MAX_HISTORY
+
+        who = name.split("-")[0]
+        return VariantSpec(name, who, rationales="student" if who == "slim" else "teacher", tag="noleak",
+                           rationale_window=DEFAULT_MAX_HISTORY)
     if name == "slim-clean":
         return VariantSpec(name, "slim", rationales="student", tag="clean", clean_step3=True)
     if name == "match":

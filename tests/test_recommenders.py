@@ -338,3 +338,31 @@ def test_a_default_late_option_leaves_the_checkpoint_key_unchanged(small):
     key = checkpoint_key(small, FitConfig(variant="id"), None, None)
     assert "fusion" not in key["config"]
     assert checkpoint_key(small, FitConfig(variant="slim", fusion="gated"), np.zeros((2, 2)), {})["config"]["fusion"] == "gated"
+
+
+def test_leakage_free_training_zeroes_the_rationale_where_its_prompt_showed_the_target(small, item_text, user_text,
+                                                                                        tmp_path):
+    """slim-noleak: at the last `window` training positions (targets the training rationale's prompt
+    showed) the fusion sees a zero vector; elsewhere and at scoring time, the rationale."""
+    from slim.recommenders.train import leakage_free
+
+    uvec = torch.ones(2, 3)
+    masked = leakage_free(uvec, 6, 4)
+    assert masked.shape == (2, 6, 3)
+    assert torch.equal(masked[:, :2], torch.ones(2, 2, 3)) and torch.equal(masked[:, 2:], torch.zeros(2, 4, 3))
+
+    # the per-position rationale reaches the fusion: with the window over every position, training
+    # never sees the rationale, so g_l' gets no gradient and stays at its initial weights
+    cfg = FitConfig(backbone="sasrec", variant="slim", rationale_window=FAST["max_len"], tag="noleak", epochs=1,
+                    eval_every=1, **FAST)
+    torch.manual_seed(0)
+    fm = fit(small, cfg, tmp_path / "all", item_text=item_text, user_text=user_text, progress=False)
+    torch.manual_seed(0)
+    init = build_model("sasrec", "slim", small.n_items, dim=FAST["dim"], max_len=FAST["max_len"],
+                       item_text=item_text, user_text_dim=user_text["valid"].shape[1])
+    assert torch.equal(fm.model.user_fusion.g_l.weight, init.user_fusion.g_l.weight)
+    assert fm.record["key"]["config"]["rationale_window"] == FAST["max_len"]
+    plain = fit(small, FitConfig(backbone="sasrec", variant="slim", epochs=1, eval_every=1, **FAST), tmp_path / "p",
+                item_text=item_text, user_text=user_text, progress=False)
+    assert not torch.equal(plain.model.user_fusion.g_l.weight, init.user_fusion.g_l.weight)
+    assert "rationale_window" not in plain.record["key"]["config"]  # a default late field: key unchanged

@@ -52,7 +52,9 @@ class UserTextFusion(nn.Module):
         self.g_f = nn.Linear(2 * dim, dim)
 
     def forward(self, hidden: torch.Tensor, user_vec: torch.Tensor) -> torch.Tensor:
-        u = self.g_l(user_vec)[:, None, :].expand(-1, hidden.shape[1], -1)
+        """``user_vec``: ``[B, D]`` (one per user) or ``[B, L, D]`` (one per position: leakage-free training)."""
+        u = self.g_l(user_vec)
+        u = u[:, None, :].expand(-1, hidden.shape[1], -1) if u.dim() == 2 else u
         return self.g_f(torch.cat([u, hidden], -1))
 
 
@@ -72,4 +74,6 @@ class GatedUserTextFusion(nn.Module):
         self.gate = nn.Parameter(torch.zeros(dim))
 
     def forward(self, hidden: torch.Tensor, user_vec: torch.Tensor) -> torch.Tensor:
-        return hidden + (self.gate * self.g_l(user_vec))[:, None, :]
+        """``user_vec``: ``[B, D]`` or ``[B, L, D]``, as in :class:`UserTextFusion`."""
+        u = self.gate * self.g_l(user_vec)
+        return hidden + (u[:, None, :] if u.dim() == 2 else u)

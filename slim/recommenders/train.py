@@ -71,6 +71,11 @@ class FitConfig:
     weight_decay: float = 0.0
     tag: str = ""
     fusion: str = "concat"  # teacher/slim: "concat" (paper, Eq. 6) or "gated" (zero-init gate, ours)
+    # teacher/slim training (ours): 0 = the user's rationale at every training position (paper);
+    # N > 0 = a zero rationale vector at the positions whose target is among the last N items of the
+    # train prefix, which the prompt the training rationale was written from showed (it shows the 20
+    # most recent titles: slim.prompts.DEFAULT_MAX_HISTORY). Scoring is unchanged.
+    rationale_window: int = 0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -147,6 +152,18 @@ def history_matrix(dataset: SequentialDataset, users: np.ndarray, split: Split, 
     return _left_padded(dataset.values, dataset.offsets[users], ends, max_len)
 
 
+def leakage_free(user_vec: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """``[B, L, D]``: the rationale vector at every training position, zero at the last ``window``.
+
+    Training sequences are left-padded with the newest target at position L-1, so the last
+    ``window`` positions are exactly the targets among the last ``window`` train-prefix items, the
+    ones the training rationale's prompt showed; on them the rationale has seen the answer.
+    """
+    out = user_vec[:, None, :].expand(-1, length, -1).clone()
+    out[:, max(0, length - window):] = 0
+    return out
+
+
 def training_arrays(dataset: SequentialDataset, max_len: int, match: bool = False) -> tuple[np.ndarray, ...]:
     """(users, inputs [U, L], positives [U, L]) from each user's train prefix seq[:-2].
 
@@ -220,7 +237,7 @@ def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_t
 
 # fields added to FitConfig after checkpoints were shipped: left out of the key at their default, so a
 # new option does not orphan every fitted model (the value is still in the record's config)
-LATE_FIELDS = {"fusion": "concat"}
+LATE_FIELDS = {"fusion": "concat", "rationale_window": 0}
 
 
 def _config_key(cfg: FitConfig) -> dict[str, Any]:
@@ -422,6 +439,8 @@ def fit(
             b_neg = sampler.sample(users[b], b_pos, rng)
             mask = torch.as_tensor(b_pos > 0)
             uvec = train_uvec[torch.as_tensor(users[b])] if train_uvec is not None else None
+            if uvec is not None and cfg.rationale_window:
+                uvec = leakage_free(uvec, b_pos.shape[1], cfg.rationale_window)
             pl, nl = model.pair_logits(torch.as_tensor(inp[b]), torch.as_tensor(b_pos), torch.as_tensor(b_neg), uvec)
             loss = (F.binary_cross_entropy_with_logits(pl[mask], torch.ones_like(pl[mask]), reduction="sum")
                     + F.binary_cross_entropy_with_logits(nl[mask], torch.zeros_like(nl[mask]), reduction="sum"))
