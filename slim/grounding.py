@@ -150,25 +150,75 @@ def match_candidate(text: str, titles: Sequence[str]) -> int | None:
     return starts[0] if starts else None
 
 
-def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float = 80.0) -> list[int]:
+_NUMBER_ONLY = re.compile(r"^#?(\d{1,3})[.):]?$")  # "7", "#7", "7."
+_HASH_NUMBER = re.compile(r"^#(\d{1,3})\b[.):]?\s*")  # "#7 Heat (1995)"
+_LIST_LEAD = re.compile(r"^(?:[-*•]\s*|\d{1,3}[.)]\s+)")  # the answer's own bullet or "1. "
+_EXPLANATION = re.compile(r"\s+[-–—]\s+")
+_YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*[-–]\s*\d{0,4})\)\s*$")
+_LEADING_ARTICLE = re.compile(r"^(?:the|a|an) ")
+SNAP_CUTOFF = 85.0
+
+
+def _title_forms(title: str) -> tuple[str, str]:
+    """(title without year or leading article, whole title), lower-case alphanumerics, article first."""
+    from rapidfuzz import utils
+
+    t = display_title(title)  # "Lion King, The (1994)": the stored form a model copies from the history
+    return _LEADING_ARTICLE.sub("", utils.default_process(_YEAR.sub("", t))), utils.default_process(t)
+
+
+def title_match(name: str, titles: Sequence[str], cutoff: float = SNAP_CUTOFF) -> int | None:
+    """The title ``name`` spells, up to small typos, article order and a missing or wrong year; else None.
+
+    Levenshtein similarity (rapidfuzz ``ratio``, 0-100) of the titles without year and leading article
+    must reach ``cutoff``; the whole title (with its year) breaks ties ("Sabrina (1995)" vs "(1954)").
+    Not WRatio: its partial matching takes "Star Wars" for "Star Trek: First Contact" (86) and "The
+    Godfather" for "The Usual Suspects" (86).
+    """
+    from rapidfuzz import fuzz
+
+    core, whole = _title_forms(name)
+    if len(core) < 2:
+        return None
+    best, key = None, (cutoff, -1.0)
+    for j, t in enumerate(titles):
+        t_core, t_whole = _title_forms(t)
+        score = (fuzz.ratio(core, t_core), fuzz.ratio(whole, t_whole))
+        if score[0] >= cutoff and score > key:
+            best, key = j, score
+    return best
+
+
+def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float = SNAP_CUTOFF) -> list[int]:
     """Candidates an endpoint's free Step 3 named (by number or by title), in order, distinct, <= k.
 
-    rapidfuzz's WRatio for titles (the scorer the catalogue matcher uses); a bare number is a pick
-    from the numbered list.
+    One pick per line (or per comma-separated part of a single line). A line's title is matched first
+    (:func:`title_match`): titles may start with numbers ("12 Monkeys"), and the answer's own list
+    numbering ("1. Heat") is not a pick. A number is a pick only when it stands alone ("7", "1. 7") or
+    is marked ``#7`` and its line names no candidate; a number outside the list, or a name that
+    matches no candidate, snaps to nothing.
     """
-    from rapidfuzz import fuzz, process
-
     from .prompts import step3_items
 
+    lines = [line.strip() for line in re.split(r"\n|;", step3) if line.strip()]
+    if len(lines) == 1 and "," in lines[0] and not lines[0].lstrip("*_ ").startswith(('"', "“")):
+        lines = [part.strip() for part in lines[0].split(",") if part.strip()]
     chosen: list[int] = []
-    for name in step3_items(step3):
+    for line in lines:
+        text = _LIST_LEAD.sub("", line.strip().strip('*_"“”').strip(), count=1).strip().strip('*_"“”').strip()
+        number, rest = None, text
+        if m := _NUMBER_ONLY.match(text):
+            number, rest = int(m.group(1)), ""
+        elif m := _HASH_NUMBER.match(text):
+            number, rest = int(m.group(1)), text[m.end():]
         j = None
-        num = re.match(r"^\s*#?(\d{1,3})\b", name)
-        if num and 1 <= int(num.group(1)) <= len(titles):
-            j = int(num.group(1)) - 1
-        else:
-            hit = process.extractOne(name, list(titles), scorer=fuzz.WRatio, score_cutoff=cutoff)
-            j = hit[2] if hit else None
+        names = step3_items(rest) if rest else []  # drops headers ("Recommended:") and lead-ins ("Based on")
+        if names:
+            # the title with its year first (two candidates may differ by year only), then the bare name
+            j = title_match(_EXPLANATION.split(rest)[0].strip('*_"“”\' '), titles, cutoff)
+            j = title_match(names[0], titles, cutoff) if j is None else j
+        if j is None and number is not None and 1 <= number <= len(titles):
+            j = number - 1
         if j is not None and j not in chosen:
             chosen.append(j)
         if len(chosen) == k:
@@ -181,8 +231,47 @@ def numbered_list(titles: Sequence[str]) -> str:
     return "\n".join(f"{j}. {t}" for j, t in enumerate(titles, 1))
 
 
+def number_the_candidates(messages, titles: Sequence[str], k: int):
+    """The prompt with its candidates block (slim.prompts.format_candidates) numbered, and Step 3 told
+    it may answer ``#<number> <title>``: the endpoint path, whose free answer is snapped to the list.
+
+    A copy; raises if the prompt shows no such block (the candidates must be the ones snapped to).
+    """
+    from .prompts import format_candidates, sanitize_title
+
+    block = format_candidates(titles)
+    numbered = "<candidates>\n" + numbered_list([sanitize_title(t) for t in titles]) + "\n</candidates>"
+    out, found = [], False
+    for m in messages:
+        if not found and m["role"] == "user" and block in m["content"]:
+            content = m["content"].replace(block, numbered, 1).rstrip()
+            content += (f"\nThe candidates are numbered: in Step 3, write each of the {k} on its own line as "
+                        '"#<number> <title>".')
+            m, found = {**m, "content": content}, True
+        out.append(m)
+    if not found:
+        raise ValueError("the prompt has no candidates block to number")
+    return out
+
+
 STEP3_HEADER = "\nStep 3:\n"
 _STEP3_MARK = ("Step 3", "**Step 3", "### Step 3")
+
+
+def split_step3(text: str) -> tuple[str, str] | None:
+    """``(everything before Step 3, Step 3's text)`` at the first Step-3 mark parse_steps would use."""
+    from .prompts import _STEP_RE
+
+    mark = next((m for m in _STEP_RE.finditer(text) if m.group(1) == "3"), None)
+    if mark is None:
+        return None
+    return text[: mark.start()], text[mark.end():]
+
+
+def with_step3(head: str, titles: Sequence[str]) -> str:
+    """``head`` + ``Step 3:\\n1. <title>\\n2. ...``: the form the grammar path writes."""
+    lines = "\n".join(f"{n}. {t}" for n, t in enumerate(titles, 1))
+    return (head.rstrip().rstrip("*#").rstrip() + STEP3_HEADER).lstrip("\n") + lines
 
 
 def grounded_generation(reasoner, messages, candidates: Sequence[str], params, cfg: GroundingConfig):

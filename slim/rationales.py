@@ -165,12 +165,55 @@ def grounded_row(reasoner, ds, user: int, split: str, prompt, params: Generation
     """
     from .grounding import grounded_generation
 
-    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
-    titles = [index.display[i] for i in shortlist]
+    shortlist, titles = grounding_shortlist(ds, user, split, cfg, index)
     messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
     gen, picked = grounded_generation(reasoner, messages, titles, params, cfg)
     row = make_row(ds, user, split, messages, gen, params, role)
     row.update(step3_items=[int(shortlist[j]) for j in picked], step3_path="grammar", grounding=cfg.record())
+    return row
+
+
+def grounding_shortlist(ds, user: int, split: str, cfg, index) -> tuple[list[int], list[str]]:
+    """The grounded Step 3's candidates (item ids, display titles), from the history the prompt shows."""
+    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
+    return shortlist, [index.display[i] for i in shortlist]
+
+
+def numbered_list_prompt(ds, user: int, split: str, prompt, cfg, titles: Sequence[str]) -> Messages:
+    """The endpoint path's prompt: the grounded prompt, its shortlist numbered (slim.grounding)."""
+    from .grounding import number_the_candidates
+
+    return number_the_candidates(prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k), titles, cfg.k)
+
+
+def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Generation, params: GenerationParams,
+                      role: str, cfg, shortlist: Sequence[int], titles: Sequence[str]) -> dict:
+    """A row whose Step 3 is the model's free answer snapped to the numbered shortlist: the path of
+    endpoints that take no grammar (OpenAI-compatible servers: vLLM, OpenAI, llama.cpp's server).
+
+    ``step3_items``: the item ids of the candidates the answer named (by number or title, see
+    slim.grounding.snap_to_candidates), in order, distinct, at most ``cfg.k``; none is in the history
+    (the shortlist excludes it) and none is invented: fewer than K snapped picks stay fewer
+    (``step3_snapped`` counts them; ``cfg.k`` is how many were asked for).
+
+    Step 3 of ``rationale`` is rewritten to ``Step 3:\n1. <title>\n2. ...`` of the snapped items, the
+    text the grammar path writes, and the model's own text is kept in ``raw_rationale``. Why: the
+    rationale is what gets encoded and what a student is distilled on; a Step 3 that says "#7", misspells
+    a title, or adds items outside the catalogue would carry names no item has, and would teach a
+    student a format its grammar-bound inference never produces. A Step 3 that snaps to no candidate
+    makes the row ``rejected`` (its Step 3 names no catalogue item), not a row with a free Step 3.
+    """
+    from .grounding import snap_to_candidates, split_step3, with_step3
+
+    parts = None if gen.error else split_step3(gen.text)
+    picked = snap_to_candidates(parts[1], titles, cfg.k) if parts else []
+    text = with_step3(parts[0], [titles[j] for j in picked]) if picked else gen.text
+    row = make_row(ds, user, split, messages, Generation(text, gen.completion_tokens, gen.prompt_tokens, gen.seconds,
+                                                         gen.model, gen.finish_reason, gen.error), params, role)
+    if row["status"] == "ok" and not picked:
+        row["status"] = "rejected: Step 3 names none of the candidates"
+    row.update(raw_rationale=gen.text, step3_items=[int(shortlist[j]) for j in picked], step3_path="numbered-list",
+               step3_snapped=len(picked), grounding=cfg.record())
     return row
 
 
@@ -195,12 +238,20 @@ def write_rationales(
     retry_errors: bool = True,
     max_consecutive_errors: int = 3,
     finish: bool = False,
+    grounding=None,
+    candidates=None,
 ) -> Iterator[dict]:
     """Generate missing rows, append each as soon as its batch is done, yield it (for progress).
+
+    ``grounding`` (slim.grounding.GroundingConfig) with ``candidates`` (its CandidateIndex): Step 3 is
+    the free answer snapped to a numbered shortlist (:func:`numbered_list_row`), for reasoners that
+    take no grammar.
 
     Stops with :class:`EndpointDown` after ``max_consecutive_errors`` failed calls in a row: a dead
     endpoint must not turn every remaining user into an error row.
     """
+    if grounding is not None and (candidates is None or finish):
+        raise ValueError("a grounded Step 3 needs its CandidateIndex (candidates=) and takes no finish")
     todo = []
     for u in users:
         for split in splits:
@@ -215,10 +266,16 @@ def write_rationales(
     errors = 0
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        prompts = [prompt_for(dataset, u, s, prompt_fn) for u, s in chunk]
+        if grounding is None:
+            prompts = [prompt_for(dataset, u, s, prompt_fn) for u, s in chunk]
+        else:
+            lists = [grounding_shortlist(dataset, u, s, grounding, candidates) for u, s in chunk]
+            prompts = [numbered_list_prompt(dataset, u, s, prompt_fn, grounding, titles)
+                       for (u, s), (_, titles) in zip(chunk, lists)]
         gens = reasoner.generate(prompts, params)
-        for (u, s), messages, gen in zip(chunk, prompts, gens):
-            row = finished_row(reasoner, dataset, u, s, messages, gen, params, role, finish)
+        for i, ((u, s), messages, gen) in enumerate(zip(chunk, prompts, gens)):
+            row = (finished_row(reasoner, dataset, u, s, messages, gen, params, role, finish) if grounding is None
+                   else numbered_list_row(dataset, u, s, messages, gen, params, role, grounding, *lists[i]))
             store.append(row)
             yield row
             errors = errors + 1 if gen.error else 0

@@ -55,7 +55,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "prefill); also repairs such rows already in the file (rows say forced_step3)")
     p.add_argument("--step3", choices=("free", "grammar"), default="free",
                    help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
-                   "--candidates items nearest to the history (slim.grounding); llama.cpp engine only")
+                   "--candidates items nearest to the history (slim.grounding); engine openai: the shortlist is "
+                   "shown numbered and the answer snapped to it; not the transformers engine")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
     p.add_argument("--domain", default=None,
@@ -153,15 +154,20 @@ def main(args: argparse.Namespace) -> None:
     else:
         from slim.rationales import write_rationales
 
-        if args.step3 == "grammar":
-            raise SystemExit(f"reason: --step3 grammar needs --engine llama.cpp ({args.engine} takes no GBNF grammar here)")
+        grounding = {}
+        if args.step3 == "grammar" and args.engine != "openai":
+            raise SystemExit(f"reason: --step3 grammar needs --engine llama.cpp (a GBNF grammar) or openai (the "
+                             f"shortlist numbered, the answer snapped to it); {args.engine} takes neither here")
         if args.engine == "openai":
             from slim.reasoners import endpoint_reasoner
+
+            from .teach import endpoint_grounding
 
             if args.finish_step3:
                 raise SystemExit("reason: --finish-step3 needs an assistant prefill, which an OpenAI-compatible "
                                  "endpoint does not take; use --engine llama.cpp or transformers")
 
+            grounding = endpoint_grounding(args, ds, verb="reason")
             reasoner = endpoint_reasoner(args.base_url, model, concurrency=args.concurrency)
             batch = max(1, args.concurrency) * len(getattr(reasoner, "endpoints", [reasoner]))
         else:
@@ -178,7 +184,7 @@ def main(args: argparse.Namespace) -> None:
         n = 0
         for group_users, group_splits in split_groups(ds, users, splits, mine):
             for _ in write_rationales(reasoner, ds, group_users, group_splits, store, prompt_fn, params,
-                                      role="student", batch_size=batch, finish=args.finish_step3):
+                                      role="student", batch_size=batch, finish=args.finish_step3, **grounding):
                 n += 1
                 bar.update(1)
                 bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")

@@ -5,7 +5,10 @@ By default the teacher is Qwen2.5-Coder-1.5B-Instruct (GGUF, from PyPI part pack
 cores: see slim_train/pool.py); ``--server`` runs it behind a local OpenAI-compatible llama.cpp server
 instead, and ``--base-url``/``--model`` point the same code at vLLM, Ollama or OpenAI (key from
 OPENAI_API_KEY). The local paths decode greedily with the same chat template and repeat penalty, so
-they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py).
+they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py). Step 3
+(``--step3 grammar``, the default) names catalogue items: the worker pool binds it with a llama.cpp
+grammar; an endpoint takes no grammar, so it is shown the same shortlist numbered and its free answer
+is snapped to it (slim.rationales.numbered_list_row; rows say which path they took).
 
 Users are visited in the order of a seeded permutation, so a run stopped early is still a uniform
 sample and ``--users`` can grow later without redoing work; ``--eval-users N`` instead writes the
@@ -55,7 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="teacher", help="output file rationales/<name>.jsonl")
     p.add_argument("--step3", choices=("grammar", "free"), default="grammar",
                    help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
-                   "--candidates items nearest to the history (local teacher); free: the model writes Step 3 itself")
+                   "--candidates items nearest to the history (local teacher); through --server/--base-url, which "
+                   "take no grammar, the shortlist is shown numbered and the answer snapped to it; free: the model "
+                   "writes Step 3 itself")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
     add_shard_arg(p)
@@ -120,6 +125,11 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
             store.replace(row)
             yield row
         return
+    grounding = endpoint_grounding(args, ds)
+    free = sum(r["status"] == "ok" and "step3_path" not in r for r in store.rows.values())
+    if grounding and free:
+        print(f"teach: {free} ok rows already in {store.path} have a free Step 3; they are kept, not redone "
+              "(--name another file for an all-grounded set)")
     with contextlib.ExitStack() as stack:
         if args.base_url:
             base_url, model = args.base_url, args.model or "gpt-3.5-turbo"
@@ -131,9 +141,22 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
             base_url, model = server.base_url, server.model_alias
         reasoner = endpoint_reasoner(base_url, model, concurrency=args.concurrency)
         n_endpoints = len(getattr(reasoner, "endpoints", [reasoner]))
-        if args.step3 == "grammar":
-            print("teach: an endpoint takes no grammar here; Step 3 is free text (use the local teacher for "
-                  "catalogue-grounded Step 3)")
         for group_users, group_splits in split_groups(ds, users, splits, mine):
             yield from write_rationales(reasoner, ds, group_users, group_splits, store, prompt_fn("teacher", ds.name),
-                                        params, role="teacher", batch_size=max(1, args.concurrency) * n_endpoints)
+                                        params, role="teacher", batch_size=max(1, args.concurrency) * n_endpoints,
+                                        **grounding)
+
+
+def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dict:
+    """``write_rationales`` keywords for ``--step3 grammar`` through an endpoint, which takes no grammar:
+    the same shortlist, shown numbered, the free answer snapped to it (rows say step3_path numbered-list)."""
+    if args.step3 != "grammar":
+        return {}
+    from slim.encoders import TextEncoder, item_text_matrix
+    from slim.grounding import CandidateIndex, GroundingConfig
+
+    cfg = GroundingConfig(k=args.k, n_candidates=args.candidates)
+    print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
+          f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
+    index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)
+    return {"grounding": cfg, "candidates": index}
