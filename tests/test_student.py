@@ -128,3 +128,31 @@ def test_merged_gguf_reproduces_peft_and_survives_quantisation(base, prompts, ti
     assert all(t.startswith("Step 1:") for t in texts), texts
     with pytest.raises(ValueError, match="unknown quant"):
         quantize_gguf(f32, tmp_path / "x.gguf", "q3_zz")
+
+
+def test_a_student_distilled_on_the_grounded_prompt_is_prompted_and_decoded_that_way(tmp_path, ml100k):
+    """`reason` reads the adapter's metrics.json: a grounded student gets the domain prompt with its
+    shortlist and a grammar-bound Step 3 without any flag; a plain one keeps the history-only prompt."""
+    import json
+    import shutil
+
+    pytest.importorskip("llama_cpp")
+    from slim.artifacts import REPO_ROOT, adapter_prompt
+    from slim_train.__main__ import main
+
+    grounded = tmp_path / "grounded"
+    grounded.mkdir()
+    shutil.copy(REPO_ROOT / "assets" / "student" / "adapter.gguf", grounded / "adapter.gguf")
+    (grounded / "metrics.json").write_text(json.dumps({"config": {"prompt": "grounded"}}))
+    assert adapter_prompt(grounded / "adapter.gguf") == "grounded"
+    assert adapter_prompt(REPO_ROOT / "assets" / "student" / "adapter.gguf") == "plain"
+    base = ["reason", "--dataset", "ml-100k", "--user-ids", "196", "--splits", "valid", "--max-tokens", "60",
+            "--workers", "1", "--out", str(tmp_path)]
+    main([*base, "--adapter", str(grounded / "adapter.gguf"), "--name", "g"])
+    main([*base, "--adapter", str(REPO_ROOT / "assets" / "student" / "adapter.gguf"), "--name", "p"])
+    g = json.loads((tmp_path / "rationales" / "g.jsonl").read_text().splitlines()[0])
+    p = json.loads((tmp_path / "rationales" / "p.jsonl").read_text().splitlines()[0])
+    assert g["step3_path"] == "grammar" and len(g["step3_items"]) == 3 and "step3_path" not in p
+    u = [str(x) for x in ml100k.user_ids].index("196")
+    assert not set(g["step3_items"]) & set(ml100k.history(u, "valid").tolist())
+    assert g["prompt_hash"] != p["prompt_hash"]
