@@ -60,6 +60,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "for a student distilled on the grounded prompt (its metrics.json), else free")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    p.add_argument("--popularity-weight", type=float, default=None,
+                   help="weight of the training popularity prior in the shortlist (default: the dataset's, "
+                        "slim.grounding.POPULARITY_WEIGHT)")
     p.add_argument("--domain", default=None,
                    help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
                    "or a plural noun; default: the wording the student was distilled on (`dataset` for a "
@@ -153,7 +156,8 @@ def main(args: argparse.Namespace) -> None:
 
             from slim.grounding import GroundingConfig
 
-            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates))
+            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates,
+                                               popularity_weight=args.popularity_weight))
         rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
                          workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)

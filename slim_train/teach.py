@@ -155,7 +155,7 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     from slim.encoders import TextEncoder, item_text_matrix
     from slim.grounding import CandidateIndex, GroundingConfig
 
-    cfg = GroundingConfig(k=args.k, n_candidates=args.candidates)
+    cfg = GroundingConfig(k=args.k, n_candidates=args.candidates, popularity_weight=getattr(args, "popularity_weight", None))
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
           f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
     index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)
