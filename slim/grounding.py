@@ -189,38 +189,58 @@ def title_match(name: str, titles: Sequence[str], cutoff: float = SNAP_CUTOFF) -
     return best
 
 
+_QUOTED = re.compile(r'["“]([^"”\n]{2,150})["”]')
+_CONJUNCTION = re.compile(r"^(?:and|or)\s+", re.I)
+
+
 def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float = SNAP_CUTOFF) -> list[int]:
     """Candidates an endpoint's free Step 3 named (by number or by title), in order, distinct, <= k.
 
-    One pick per line (or per comma-separated part of a single line). A line's title is matched first
-    (:func:`title_match`): titles may start with numbers ("12 Monkeys"), and the answer's own list
-    numbering ("1. Heat") is not a pick. A number is a pick only when it stands alone ("7", "1. 7") or
-    is marked ``#7`` and its line names no candidate; a number outside the list, or a name that
-    matches no candidate, snaps to nothing.
+    A list line ("1. Heat", "- #7", "#7 Heat") is one pick: its title is matched first
+    (:func:`title_match`), since titles may start with numbers ("12 Monkeys") and the answer's own
+    numbering ("1. Heat") is not a pick; its number counts only when it stands alone ("7", "1. 7") or
+    is marked ``#7`` and the line names no candidate. A prose line names its quoted titles ('The 3
+    titles are "Heat", "Fargo" and "Sabrina"'), else is itself a title, else its comma-separated parts
+    are. A number outside the list, or a name that matches no candidate, snaps to nothing.
     """
     from .prompts import step3_items
 
-    lines = [line.strip() for line in re.split(r"\n|;", step3) if line.strip()]
-    if len(lines) == 1 and "," in lines[0] and not lines[0].lstrip("*_ ").startswith(('"', "“")):
-        lines = [part.strip() for part in lines[0].split(",") if part.strip()]
     chosen: list[int] = []
-    for line in lines:
-        text = _LIST_LEAD.sub("", line.strip().strip('*_"“”').strip(), count=1).strip().strip('*_"“”').strip()
-        number, rest = None, text
-        if m := _NUMBER_ONLY.match(text):
-            number, rest = int(m.group(1)), ""
-        elif m := _HASH_NUMBER.match(text):
-            number, rest = int(m.group(1)), text[m.end():]
-        j = None
-        names = step3_items(rest) if rest else []  # drops headers ("Recommended:") and lead-ins ("Based on")
-        if names:
-            # the title with its year first (two candidates may differ by year only), then the bare name
-            j = title_match(_EXPLANATION.split(rest)[0].strip('*_"“”\' '), titles, cutoff)
-            j = title_match(names[0], titles, cutoff) if j is None else j
-        if j is None and number is not None and 1 <= number <= len(titles):
-            j = number - 1
-        if j is not None and j not in chosen:
+
+    def take(j: int | None) -> None:
+        if j is not None and j not in chosen and len(chosen) < k:
             chosen.append(j)
+
+    for line in (line.strip() for line in re.split(r"\n|;", step3)):
+        bare = line.strip("*_ ")
+        if not bare:
+            continue
+        if _LIST_LEAD.match(bare) or bare.startswith("#") or _NUMBER_ONLY.match(bare):
+            text = _LIST_LEAD.sub("", bare, count=1).strip().strip('*_"“”').strip()
+            number, rest = None, text
+            if m := _NUMBER_ONLY.match(text):
+                number, rest = int(m.group(1)), ""
+            elif m := _HASH_NUMBER.match(text):
+                number, rest = int(m.group(1)), text[m.end():]
+            j = None
+            names = step3_items(rest) if rest else []  # drops headers ("Recommended:") and lead-ins
+            if names:
+                # the title with its year first (two candidates may differ by year only), then the bare name
+                j = title_match(_EXPLANATION.split(rest)[0].strip('*_"“”\' '), titles, cutoff)
+                j = title_match(names[0], titles, cutoff) if j is None else j
+            if j is None and number is not None and 1 <= number <= len(titles):
+                j = number - 1
+            take(j)
+        elif quoted := _QUOTED.findall(line):
+            for q in quoted:
+                take(title_match(q, titles, cutoff))
+        elif (j := title_match(bare, titles, cutoff)) is not None:
+            take(j)
+        elif "," in bare:
+            for part in (_CONJUNCTION.sub("", p.strip()).strip() for p in bare.split(",")):
+                m = _NUMBER_ONLY.match(part)
+                take(int(m.group(1)) - 1 if m and 1 <= int(m.group(1)) <= len(titles)
+                     else title_match(part.rstrip("."), titles, cutoff))
         if len(chosen) == k:
             break
     return chosen

@@ -32,6 +32,8 @@ TITLES = ["The Usual Suspects (1995)", "Heat (1995)", "Fargo (1996)", "12 Monkey
     ("#5 Heat (1995)", [1]),  # the title wins over a number that disagrees with it
     ("#5 Jaws", [4]),  # a marked number whose title matches nothing
     ("Heat\nFargo\n12 Monkeys\nSabrina (1954)", [1, 2, 3]),  # at most k
+    ('The 3 titles are "Heat" (crime), "Jaws", and "Lion King, The".', [1, 7]),  # quoted titles in prose
+    ("Heat, Fargo, and Sabrina (1995)", [1, 2, 5]),  # prose, comma-separated
 ])
 def test_snapping_hand_written_answers(answer, picks):
     assert snap_to_candidates(answer, TITLES, k=3) == picks
