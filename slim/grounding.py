@@ -13,8 +13,10 @@ recent items, in display form ("The Remains of the Day", not "Remains of the Day
 picks (69 distinct of 180). Candidates come from the history the rationale is written from only,
 so they never reveal the held-out target.
 
-Endpoints that take no grammar (OpenAI) get the same candidates as a numbered list and their
-answer is snapped to it (:func:`snap_to_candidates`); each row records which path it took.
+Endpoints that take no grammar (OpenAI, vLLM, llama.cpp's server) get the same candidates as a
+numbered list and their free answer is snapped to it (:func:`snap_to_candidates`; the row, with Step 3
+rewritten to the snapped titles: slim.rationales.numbered_list_row); each row records which path
+it took (``step3_path``: ``grammar`` or ``numbered-list``).
 """
 from __future__ import annotations
 

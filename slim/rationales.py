@@ -196,7 +196,7 @@ def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Genera
     (the shortlist excludes it) and none is invented: fewer than K snapped picks stay fewer
     (``step3_snapped`` counts them; ``cfg.k`` is how many were asked for).
 
-    Step 3 of ``rationale`` is rewritten to ``Step 3:\n1. <title>\n2. ...`` of the snapped items, the
+    Step 3 of ``rationale`` is rewritten to ``Step 3:\\n1. <title>\\n2. ...`` of the snapped items, the
     text the grammar path writes, and the model's own text is kept in ``raw_rationale``. Why: the
     rationale is what gets encoded and what a student is distilled on; a Step 3 that says "#7", misspells
     a title, or adds items outside the catalogue would carry names no item has, and would teach a
