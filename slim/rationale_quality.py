@@ -137,7 +137,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         # diversity over users: a grammar over a catalogue can funnel every user into the same few titles
         "step3_distinct_items": len(set(named_items)) / max(1, len(named_items)),
         "step3_top3_share": _top_share(named_items, 3),
-        "step3_grammar_rows": n_grounded_rows / max(1, n_ok),
+        "step3_grounded_rows": n_grounded_rows / max(1, n_ok),
         "step1_distinct": _distinct_share(rows, 0),
         "step2_distinct": _distinct_share(rows, 1),
         "mean_completion_tokens": float(np.mean([r.get("completion_tokens", 0) for r in rows])) if rows else 0.0,

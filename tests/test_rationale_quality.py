@@ -118,7 +118,7 @@ def test_grounded_rows_are_read_by_their_item_ids_and_measured_for_diversity(ml1
     rows = [grounded(0, new[:3]), grounded(1, [new[0], new[1], new[3]])]
     q = intrinsic_quality(ml100k, rows)
     assert q["groundedness"] == 1.0 and q["repeat_rate"] == 0.0 and q["step3_duplicates"] == 0.0
-    assert q["step3_grammar_rows"] == 1.0
+    assert q["step3_grounded_rows"] == 1.0
     assert q["step3_distinct_items"] == pytest.approx(4 / 6)  # 4 distinct items among 6 named
     assert q["step3_top3_share"] == pytest.approx(5 / 6)  # new[0], new[1] twice + one of the rest
     seen = sorted(h0)[0]
