@@ -58,6 +58,9 @@ SUPERSEDED = {
                            "replaced by student v2"),
     "amazon-video-games-5000users": ("amazon-video-games", "an earlier 5,000-user sample, SASRec and GRU4Rec, "
                                      "2 seeds, no rationale variants; its users are not the current sample's"),
+    "ml-100k-student-v2": ("ml-100k", "the same grid with student v2 (plain prompt, free Step 3, distilled on 700 "
+                           "teacher rationales written without the domain); replaced by student v4 (domain-aware "
+                           "prompt, catalogue-grounded Step 3)"),
     "amazon-industrial-scientific-allusers": ("amazon-industrial-scientific", "all users, SASRec and GRU4Rec, "
                                               "id / text only, 1-2 seeds; replaced by the 600-user sample "
                                               "that has student rationales"),
