@@ -47,6 +47,9 @@ RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
 # reported numbers came from, and the student the demo runs live for that dataset.
 STUDENT_ADAPTERS = {"ml-100k": "assets/student/adapter.gguf"}  # v2: distilled on 700 ML-100K teacher rationales
 OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v3: v2 continued on 300 Games teacher rationales
+# Every student the repository ships (folders): held-out comparisons leave out the users any of them
+# was distilled on, so no rationale file is measured on its student's training data.
+SHIPPED_STUDENTS = ("assets/student", "assets/student-games", "assets/student-v4")
 
 
 # The seeded user samples (n, seed) the reported Amazon runs evaluate and their shipped checkpoints were

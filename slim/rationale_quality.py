@@ -229,14 +229,16 @@ def history_zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], item_ve
 
 def quality_report(dataset: SequentialDataset, path: str | Path, reference_path: str | Path | None = None,
                    encoder=None, exclude_users: set[str] | None = None, item_vectors: np.ndarray | None = None,
-                   negatives: np.ndarray | None = None) -> dict:
+                   negatives: np.ndarray | None = None, only: set[tuple[str, str]] | None = None) -> dict:
     """Quality of one rationale file; with a reference file, agreement on the users both have.
+
+    ``only``: the (user_id, split) pairs to measure (files compared on the same rows); None: every row.
 
     ``exclude_users``: user ids left out of the agreement (e.g. the users the student was
     distilled on, so agreement is measured on held-out users only). With ``item_vectors`` and
     ``negatives`` (and an encoder) both files are also ranked zero-shot on those same rows.
     """
-    rows = load_rows(path)
+    rows = [r for r in load_rows(path) if only is None or (str(r["user_id"]), r["split"]) in only]
     report = {"file": str(path), **intrinsic_quality(dataset, rows)}
     if encoder is not None and item_vectors is not None and negatives is not None:
         report["zero_shot_ndcg10"] = zero_shot_ndcg(dataset, rows, encoder, item_vectors, negatives)

@@ -125,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip a rationale variant when fewer users than this have a rationale")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     p.add_argument("--rationales", action="store_true", help="report rationale quality only (no fitting)")
+    p.add_argument("--heldout", action="store_true",
+                   help="with --rationales: compare the files on the same (user, split) pairs only: those every "
+                        "file has an ok row for, of users no shipped student was distilled on "
+                        "(writes rationale-quality-heldout.json)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs)")
     p.add_argument("--refit", action="store_true",
                    help="train every model again into <out>/checkpoints (no checkpoint is reused)")

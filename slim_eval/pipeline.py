@@ -311,18 +311,53 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
         items = inputs.item_text(dataset, encoder)
     except ValueError as e:
         print(f"rationale quality: no zero-shot ranking ({e})")
+    only = None
+    if getattr(args, "heldout", False):
+        files, only = heldout_pairs(files, dataset.name)
+        trained_on = set()  # already left out of `only`
+        print(f"rationale quality: {len(only)} (user, split) pairs that {', '.join(p.name for p in files)} all "
+              "cover, of users no shipped student was distilled on")
     out: dict[str, dict] = {}
     for path in files:
         ref = teacher if path != teacher and teacher.exists() else None
         # agreement with the teacher only on users the student was NOT distilled on
         out[path.stem] = rationale_quality.quality_report(dataset, path, reference_path=ref,
                                                           exclude_users=trained_on, encoder=encoder,
-                                                          item_vectors=items, negatives=negatives)
+                                                          item_vectors=items, negatives=negatives, only=only)
     flat = {name: _flatten(rep) for name, rep in out.items()}
     cols = sorted({c for f in flat.values() for c in f})
     cell = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     rows = [[c, *(cell(flat[n].get(c)) for n in flat)] for c in cols]
     print(render(["measure", *flat], rows, markdown=False))
-    write_json(layout.rationale_quality, {"dataset": dataset.name, "files": out})
-    print(f"wrote {layout.rationale_quality}")
+    target = layout.rationale_quality
+    if only is not None:
+        target = target.with_name("rationale-quality-heldout.json")
+    write_json(target, {"dataset": dataset.name, "files": out,
+                        **({"pairs": len(only), "same_pairs_for_every_file": True} if only is not None else {})})
+    print(f"wrote {target}")
     return out
+
+
+def heldout_pairs(files: list[Path], dataset_name: str) -> tuple[list[Path], set[tuple[str, str]]]:
+    """(the files that share held-out rows, the (user, split) pairs every one of them has an ok row for).
+
+    Held out = no shipped student (slim.artifacts.SHIPPED_STUDENTS) was distilled on the user, so no
+    file is measured on its own training data; a file with no such row (a distillation set) is left out.
+    """
+    from slim.artifacts import REPO_ROOT, SHIPPED_STUDENTS, read_json
+    from slim.rationales import RationaleStore
+    from slim.sft import trained_user_ids
+
+    trained: set[str] = set()
+    for folder in SHIPPED_STUDENTS:
+        path = REPO_ROOT / folder / "metrics.json"
+        if path.exists():
+            m = read_json(path)
+            primary = m.get("dataset") or dataset_name
+            trained |= (trained_user_ids(m.get("users", []), primary, dataset_name)  # its held-out users stay
+                        - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
+    keys = {p: {k for k, r in RationaleStore(p).rows.items() if r.get("status") == "ok" and k[0] not in trained}
+            for p in files}
+    kept = [p for p in files if keys[p]]
+    common = set.intersection(*(keys[p] for p in kept)) if kept else set()
+    return kept, common

@@ -534,3 +534,25 @@ def test_a_fresh_run_knows_the_shipped_students_training_users(tmp_path):
     # the Games student (v3) says nothing about Scientific's users
     assert distilled_users(RunLayout.for_dataset("amazon-industrial-scientific", out=tmp_path),
                            "amazon-industrial-scientific") == set()
+
+
+def test_heldout_comparison_uses_the_same_pairs_of_untrained_users_for_every_file(tmp_path):
+    """--rationales --heldout: files are compared on the (user, split) pairs they all cover, minus any
+    shipped student's training users; a file with no such pair (a distillation set) is left out."""
+    import json
+
+    from slim_eval.pipeline import heldout_pairs
+
+    def write(name, keys):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"user_id": u, "split": s, "status": "ok", "rationale": "x"}) + "\n"
+                                for u, s in keys))
+        return path
+
+    trained = "526"  # one of the ML-100K users student v2 was distilled on (assets/student/metrics.json)
+    # 4, 6, 8: no shipped student trained on them
+    a = write("a", [("4", "valid"), ("6", "valid"), ("6", "test"), (trained, "valid")])
+    b = write("b", [("4", "valid"), ("6", "test"), (trained, "valid"), ("8", "valid")])
+    distillation_set = write("c", [(trained, "valid")])
+    files, pairs = heldout_pairs([a, b, distillation_set], "ml-100k")
+    assert files == [a, b] and pairs == {("4", "valid"), ("6", "test")}
