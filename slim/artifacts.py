@@ -63,6 +63,18 @@ def student_adapter(dataset: str) -> str:
     return STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
 
 
+# The student the Space runs live, for every dataset: the newest one (v4, distilled on ML-100K and
+# Games with the domain-aware prompt and a grounded Step 3). It is not ``student_adapter``: that one
+# names the student whose shipped rows the reported fits were trained on, which a report describes.
+LIVE_STUDENT_ADAPTER = "assets/student-v4/adapter.gguf"
+
+
+def live_student_adapter(dataset: str) -> str:
+    """The adapter the Space reasons with for ``dataset``: the newest student when it ships, else the
+    dataset's own (``student_adapter``)."""
+    return LIVE_STUDENT_ADAPTER if (REPO_ROOT / LIVE_STUDENT_ADAPTER).exists() else student_adapter(dataset)
+
+
 def adapter_prompt(adapter: str | Path) -> str:
     """The student prompt an adapter was distilled on: "plain" (history only) or "grounded" (the
     dataset's domain and a candidate shortlist; its Step 3 is then chosen under a grammar).

@@ -8,7 +8,7 @@ What a request does (:meth:`DemoService.run`):
 1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
    test split of ``slim.data``) or a custom history (``slim.uploads``: matched catalogue titles).
 2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
-   dataset's distilled LoRA, ``slim.artifacts.student_adapter``) always runs live. The teacher
+   newest distilled LoRA, ``slim.artifacts.live_student_adapter``) always runs live. The teacher
    column shows the cached teacher rationale for dataset users when a teacher run wrote one
    (``assets/rationales/<ds>/teacher.jsonl``, ``runs/<ds>/rationales/teacher.jsonl``); otherwise
    (custom histories) the teacher reasons live: an OpenAI-compatible endpoint from the environment
@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import REPORTED_USER_SAMPLES, adapter_prompt, student_adapter
+from .artifacts import REPORTED_USER_SAMPLES, adapter_prompt, live_student_adapter
 from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir, sample_users
 from .prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
 from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
@@ -428,7 +428,7 @@ class DemoService:
         elif not st.student or not (st.rationales or st.checkpoints):
             st.offered = False
             st.reason = ("its artefacts do not ship in this checkout: "
-                         + ", ".join(w for w, ok in ((f"student adapter `{student_adapter(name)}`", st.student),
+                         + ", ".join(w for w, ok in ((f"student adapter `{live_student_adapter(name)}`", st.student),
                                                      (f"rationales `assets/rationales/{name}/`", st.rationales or st.checkpoints))
                                      if not ok))
         return st
@@ -562,9 +562,9 @@ class DemoService:
 
     # ---- models ----------------------------------------------------------------------------
     def adapter_path(self, name: str = DEFAULT_DATASET) -> Path:
-        """The dataset's own student (slim.artifacts.student_adapter): ML-100K's v2 would answer a
-        Games history with movie-shaped text, and the fitted SLIM checkpoints were trained on v3's."""
-        return self.root / student_adapter(name)
+        """The student the page runs live (slim.artifacts.live_student_adapter): v4, which knows movies
+        and games and was distilled on the grounded prompt, so its Step 3 names shortlist items."""
+        return self.root / live_student_adapter(name)
 
     def student(self, name: str = DEFAULT_DATASET):
         """SmolLM2-135M (+ the dataset's distilled LoRA when shipped), loaded once per adapter."""
@@ -693,7 +693,7 @@ class DemoService:
         name = self.check_dataset(name)
         adapter = self.adapter_path(name)
         student = (f"SmolLM2-135M-Instruct + the distilled SLIM LoRA `{_rel(adapter, self.root)}`" if adapter.exists()
-                   else f"SmolLM2-135M-Instruct, base model (not distilled: `{student_adapter(name)}` is missing)")
+                   else f"SmolLM2-135M-Instruct, base model (not distilled: `{live_student_adapter(name)}` is missing)")
         src = self.teacher_source()
         live = ("none live (" + ("switched off" if os.environ.get("SLIM_TEACHER_LOCAL") == "0"
                                  else "`python -m slim_train models --teacher` installs the local one") + ")"
@@ -844,7 +844,7 @@ class DemoService:
                     "teacher", live, messages, self.teacher_params, teacher, emit, events, g)))
         student_model = self.student(req.dataset)
         if not self.student_distilled(req.dataset):
-            student.note = f"not distilled yet: {student_adapter(req.dataset)} is missing"
+            student.note = f"not distilled yet: {live_student_adapter(req.dataset)} is missing"
         # the student's Step 3 is grounded too (same shortlist, under a grammar); its prompt is the one
         # its adapter was distilled on (slim.artifacts.adapter_prompt): a grounded student sees the
         # domain and the shortlist, a plain one the history only, so only the items it may name change

@@ -41,7 +41,7 @@ def _check_table(rows: list[dict], n: int = 10) -> None:
 
 def test_dataset_user_is_ranked_by_the_fitted_slim_model(client):
     teacher, student, rows = client.predict("ml-100k", "196", api_name="/recommend")
-    assert "SmolLM2-135M-Instruct + SLIM LoRA assets/student/adapter.gguf" in student and "tok/s" in student
+    assert "SmolLM2-135M-Instruct + SLIM LoRA assets/student-v4/adapter.gguf" in student and "tok/s" in student
     # user 196's teacher rationale ships in assets/rationales/ml-100k/teacher.jsonl (a run's own
     # runs/ml-100k/rationales/teacher.jsonl is read first)
     assert re.search(r"cached teacher rationale from `(assets|runs)/(rationales/)?ml-100k/(rationales/)?teacher\.jsonl`",

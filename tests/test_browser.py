@@ -81,7 +81,7 @@ def test_dataset_user_fills_both_columns_and_ten_recommendations(page):
     # before the first run: a sentence, not an empty placeholder grid
     assert "appear here after" in page.locator("#rec-placeholder").inner_text()
     assert rows(page, "rec-main") == 0 and not page.locator("#rec-main").is_visible()
-    assert "the distilled SLIM LoRA assets/student/adapter.gguf" in page.locator("#models").inner_text()
+    assert "the distilled SLIM LoRA assets/student-v4/adapter.gguf" in page.locator("#models").inner_text()
     box = page.locator("#user input")
     box.click()
     # typed key by key: Gradio filters its option list on input events, and a plain fill() of a

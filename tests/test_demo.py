@@ -106,19 +106,19 @@ def test_student_failure_is_shown_not_raised(service, ml100k):
     assert len(last.ranked[0].item_idx) == 10  # falls back to ranking from the history titles
 
 
-def test_each_dataset_runs_its_own_student(service, tmp_path):
-    """Games is answered by the v3 adapter its rationales and checkpoints came from, not ML-100K's v2;
-    an adapter missing from a checkout is said in the student column, with its path."""
-    from slim.artifacts import student_adapter
+def test_every_dataset_runs_the_newest_student_on_its_grounded_prompt(service, tmp_path):
+    """The live student is v4 (movies and games, grounded prompt) for every dataset; an adapter missing
+    from a checkout is said in the student column, with its path."""
+    from slim.artifacts import adapter_prompt, live_student_adapter
 
-    assert service.adapter_path("ml-100k") == service.root / "assets/student/adapter.gguf"
-    assert service.adapter_path("amazon-video-games") == service.root / "assets/student-games/adapter.gguf"
-    repo = DemoService(data_dir=service.data_dir)  # the repository root: both adapters ship with it
+    assert service.adapter_path("ml-100k") == service.root / "assets/student-v4/adapter.gguf"
+    assert service.adapter_path("amazon-video-games") == service.adapter_path("ml-100k")
+    repo = DemoService(data_dir=service.data_dir)  # the repository root: the adapter ships with it
     assert repo.student_distilled("ml-100k") and repo.student_distilled("amazon-video-games")
-    assert repo.adapter_path("ml-100k") != repo.adapter_path("amazon-video-games")
+    assert adapter_prompt(repo.adapter_path("ml-100k")) == "grounded"
     assert not service.student_distilled("ml-100k")  # the fixture's empty root has no assets/
     last = list(service.run(service.resolve("ml-100k", "196")))[-1]
-    assert f"not distilled yet: {student_adapter('ml-100k')} is missing" in last.student.markdown()
+    assert f"not distilled yet: {live_student_adapter('ml-100k')} is missing" in last.student.markdown()
 
 
 def test_no_checkpoints_means_untrained_label(service):
