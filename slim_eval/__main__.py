@@ -129,6 +129,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --rationales: compare the files on the same (user, split) pairs only: those every "
                         "file has an ok row for, of users no shipped student was distilled on "
                         "(writes rationale-quality-heldout.json)")
+    p.add_argument("--rationale-files", default=None,
+                   help="with --rationales: only these files, comma-separated names without .jsonl "
+                        "(e.g. student,student-v2); default: every file of the run")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs)")
     p.add_argument("--refit", action="store_true",
                    help="train every model again into <out>/checkpoints (no checkpoint is reused)")

@@ -292,6 +292,12 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
               "quality_report(dataset, path, reference_path=None) -> dict); nothing to report")
         return None
     files = layout.rationale_files()  # the run's own, plus the shipped teacher / student files it reads
+    if getattr(args, "rationale_files", None):
+        wanted = [n.strip() for n in args.rationale_files.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {p.stem for p in files})
+        if unknown:
+            raise SystemExit(f"--rationale-files: no {', '.join(unknown)} among {', '.join(p.stem for p in files)}")
+        files = [p for p in files if p.stem in wanted]
     if not files:
         print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
               f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")
