@@ -309,9 +309,9 @@ def test_picker_offers_the_amazon_sets_whose_files_ship(data_dir):
     svc = DemoService(data_dir=data_dir)
     assert svc.available_datasets() == ["ml-100k", "amazon-video-games", "amazon-industrial-scientific"]
     st = svc.dataset_status("amazon-video-games")
-    assert st.student == "assets/student-games/adapter.gguf"
+    assert st.student == "assets/student-v4/adapter.gguf"
     assert "assets/rationales/amazon-video-games/teacher.jsonl" in st.rationales
-    assert "`assets/student-games/adapter.gguf`" in svc.models_markdown("amazon-video-games")
+    assert "`assets/student-v4/adapter.gguf`" in svc.models_markdown("amazon-video-games")
 
 
 def test_picker_leaves_out_a_dataset_without_raw_files_and_says_why(data_dir, tmp_path):
@@ -319,7 +319,7 @@ def test_picker_leaves_out_a_dataset_without_raw_files_and_says_why(data_dir, tm
     svc = DemoService(data_dir=tmp_path)  # repository root: the artefacts ship, the Amazon raw files do not
     assert svc.available_datasets() == ["ml-100k"]
     md = svc.datasets_markdown()
-    assert "| amazon-video-games | no | `assets/student-games/adapter.gguf` |" in md
+    assert "| amazon-video-games | no | `assets/student-v4/adapter.gguf` |" in md
     assert (f"- **amazon-video-games** is not in the picker: raw files not found in `{tmp_path}/amazon-video-games/raw` "
             "(Games.item, Games-6k.test.inter); there is no downloader for the Amazon data") in md
     with pytest.raises(UploadError, match="Unknown dataset"):
