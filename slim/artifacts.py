@@ -151,13 +151,13 @@ class RunLayout:
     def distill_metrics(self) -> Path:
         """The distilled student's metrics.json (its training users): next to the rationales it wrote.
 
-        A run without a student of its own (its rationales are the shipped ones, or ``reason`` wrote
-        them with the shipped adapter) reads the shipped student's metrics (``student_adapter(dataset)``'s
-        folder), so measures that must leave out its training users still can on a fresh clone;
-        leaving out a student's training users is never a leak, even when another adapter wrote the rows.
+        A run that reads the shipped student rationales (no student file of its own) reads the
+        shipped student's metrics (``student_adapter(dataset)``'s folder), the student that wrote
+        them, so measures that must leave out its training users still can on a fresh clone.
+        (``slim_eval --rationales --heldout`` leaves out every shipped student's users instead.)
         """
         own = self.producers_root / "distill" / "adapter" / "metrics.json"
-        if own.exists() or self.dataset is None:
+        if own.exists() or self.dataset is None or not self.is_shipped(self.rationales("student")):
             return own
         shipped = REPO_ROOT / Path(student_adapter(self.dataset)).parent / "metrics.json"
         return shipped if shipped.exists() else own
