@@ -56,6 +56,16 @@ class BuildStats:
     target_tokens: int = 0
     picks_outside_shortlist: int = 0  # teacher Step-3 items the recomputed shortlist lacks (float drift)
 
+    def __add__(self, other: "BuildStats") -> "BuildStats":
+        """The stats of two datasets' examples together (one student on several datasets)."""
+        skipped = dict(self.skipped)
+        for k, v in other.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+        return BuildStats(self.rows + other.rows, skipped, self.shortened_history + other.shortened_history,
+                          self.truncated_target + other.truncated_target, self.prompt_tokens + other.prompt_tokens,
+                          self.target_tokens + other.target_tokens,
+                          self.picks_outside_shortlist + other.picks_outside_shortlist)
+
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 

@@ -185,18 +185,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def merge_stats(a, b):
-    """The sum of two datasets' ``slim.sft.BuildStats``."""
-    from slim.sft import BuildStats
-
-    skipped = dict(a.skipped)
-    for k, v in b.skipped.items():
-        skipped[k] = skipped.get(k, 0) + v
-    return BuildStats(a.rows + b.rows, skipped, a.shortened_history + b.shortened_history,
-                      a.truncated_target + b.truncated_target, a.prompt_tokens + b.prompt_tokens,
-                      a.target_tokens + b.target_tokens, a.picks_outside_shortlist + b.picks_outside_shortlist)
-
-
 def split_examples(examples, fraction: float):
     from slim.sft import is_validation_user
 
@@ -509,7 +497,7 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
         ex, st = build_examples(ds, mine, tokenizer, cfg.max_len, cfg.max_history, prompt=cfg.prompt,
                                 primary=dataset.name)
         examples += ex
-        stats = merge_stats(stats, st)
+        stats = stats + st
     train_ex, val_ex = split_examples(examples, cfg.val_fraction)
     if not train_ex:
         raise SystemExit("no training examples: the teacher file has no usable ok rows for this dataset")
