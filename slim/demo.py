@@ -722,11 +722,16 @@ class DemoService:
 
     # ---- cached teacher rationales ----------------------------------------------------------
     def cached_teacher(self, name: str, user_id: str) -> dict | None:
-        """The teacher row for this user (test split = seq[:-1], else valid = seq[:-2]) if a teacher run wrote one."""
+        """The teacher row for this user (test split = seq[:-1], else valid = seq[:-2]) if a teacher run wrote one.
+
+        A grounded row (domain-aware prompt, Step 3 chosen from the catalogue) wins over a plain one even
+        when it was written one item earlier: the plain teacher's Step 3 names books and films the
+        catalogue does not have, which is not what the Space should show beside the student."""
         from .rationales import RationaleStore
 
-        candidates = [d / "rationales" / "teacher.jsonl" for d in self.run_dirs(name)]
-        candidates.insert(1, self.root / "assets" / "rationales" / name / "teacher.jsonl")  # shipped with the Space
+        dirs = [d / "rationales" for d in self.run_dirs(name)]
+        dirs.insert(1, self.root / "assets" / "rationales" / name)  # shipped with the Space
+        candidates = [d / f for f in ("teacher-grounded.jsonl", "teacher.jsonl") for d in dirs]
         for path in candidates:
             if path.exists():
                 with self._lock:

@@ -44,7 +44,7 @@ def test_dataset_user_is_ranked_by_the_fitted_slim_model(client):
     assert "SmolLM2-135M-Instruct + SLIM LoRA assets/student-v4/adapter.gguf" in student and "tok/s" in student
     # user 196's teacher rationale ships in assets/rationales/ml-100k/teacher.jsonl (a run's own
     # runs/ml-100k/rationales/teacher.jsonl is read first)
-    assert re.search(r"cached teacher rationale from `(assets|runs)/(rationales/)?ml-100k/(rationales/)?teacher\.jsonl`",
+    assert re.search(r"cached teacher rationale from `(assets|runs)/(rationales/)?ml-100k/(rationales/)?teacher(-grounded)?\.jsonl`",
                      teacher), teacher[:300]
     assert "#### Step 1" in teacher
     _check_table(rows)

@@ -410,3 +410,22 @@ def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
     n, seed = REPORTED_USER_SAMPLES["amazon-video-games"]
     assert served.n_users == n
     assert dataset_fingerprint(served) == dataset_fingerprint(full.subset_users(sample_users(full, n, seed)))
+
+
+def test_cached_teacher_prefers_the_grounded_row_over_the_plain_one(data_dir, tmp_path):
+    import json
+
+    rationales = tmp_path / "assets" / "rationales" / "ml-100k"
+    rationales.mkdir(parents=True)
+    base = {"user_id": "196", "status": "ok", "role": "teacher", "dataset": "ml-100k"}
+    plain = {**base, "split": "test", "rationale": "Step 1: books by Harper Lee"}
+    grounded = {**base, "split": "valid", "rationale": "Step 1: likes comedies", "step3_items": [1, 2, 3]}
+    (rationales / "teacher.jsonl").write_text(json.dumps(plain) + "\n")
+    svc = DemoService(root=tmp_path, data_dir=data_dir)
+    assert svc.cached_teacher("ml-100k", "196")["rationale"] == plain["rationale"]  # plain only: plain
+    (rationales / "teacher-grounded.jsonl").write_text(json.dumps(grounded) + "\n")
+    svc = DemoService(root=tmp_path, data_dir=data_dir)
+    row = svc.cached_teacher("ml-100k", "196")
+    assert row["rationale"] == grounded["rationale"]
+    assert row["_source"] == "assets/rationales/ml-100k/teacher-grounded.jsonl"
+    assert svc.cached_teacher("ml-100k", "1") is None
