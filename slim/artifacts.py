@@ -109,6 +109,9 @@ class RunLayout:
     # the dataset name: where the repository's shipped artefacts for it live (assets/rationales/<name>/,
     # assets/<name>/checkpoints/); None (a bare RunLayout(root)) reads only what is under root
     dataset: str | None = None
+    # the student rationale file this run reads and ``reason --name`` writes (in rationales/, else the
+    # shipped assets/rationales/<dataset>/): a run can measure one student's rows beside another's
+    student_file: str = RATIONALE_FILES["student"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -117,9 +120,11 @@ class RunLayout:
 
     @classmethod
     def for_dataset(cls, dataset: str, out: str | Path | None = None,
-                    rationales_from: str | Path | None = None, shipped: bool = True) -> "RunLayout":
+                    rationales_from: str | Path | None = None, shipped: bool = True,
+                    student_file: str | None = None) -> "RunLayout":
         """``shipped=False``: read only the run's own files, never the repository's ``assets/``."""
-        return cls(Path(out) if out else default_run_dir(dataset), rationales_from, dataset if shipped else None)
+        return cls(Path(out) if out else default_run_dir(dataset), rationales_from, dataset if shipped else None,
+                   student_file or RATIONALE_FILES["student"])
 
     # ---- shipped with the repository (read only) ----------------------------------------
     @property
@@ -164,7 +169,8 @@ class RunLayout:
 
     def own_rationales(self, name: str) -> Path:
         """``<producers root>/rationales/<file>``: where ``slim_train teach``/``reason`` write ``name``."""
-        return self.rationales_dir / RATIONALE_FILES.get(name, f"{name}.jsonl")
+        file = self.student_file if name == "student" else RATIONALE_FILES.get(name, f"{name}.jsonl")
+        return self.rationales_dir / file
 
     def rationales(self, name: str) -> Path:
         """The JSONL a reader uses for ``teacher`` / ``student`` (or any other reasoner name).

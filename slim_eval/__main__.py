@@ -118,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>)")
     p.add_argument("--users", type=int, default=None, help="seeded sample of N users (recorded in the report)")
     p.add_argument("--user-seed", type=int, default=0, help="seed of the --users sample")
+    p.add_argument("--student-file", default=None,
+                   help="the student rationale file in <run>/rationales/ (else assets/rationales/<dataset>/) that "
+                   "the student variants read, default student.jsonl (e.g. student-v4.jsonl: one student's rows "
+                   "measured while another's stay the default)")
     p.add_argument("--rationales-from", type=Path, default=None,
                    help="read rationales/ from this run directory (e.g. runs/<dataset>) instead of --out's: "
                    "a second user sample in its own --out shares the rationale files")
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     torch.set_num_threads(max(1, args.threads))
     from .pipeline import load_data, rationale_report, run_grid
 
-    layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from, shipped=not args.no_shipped)
+    layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from, shipped=not args.no_shipped,
+                                   student_file=args.student_file)
     if args.rationales:
         from slim.data import load_dataset
 
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         report = build_report(dataset.name, args.split, protocols, user_sample, results, data_stats)
         if args.rationales_from:  # so that `regenerate` reads the same rationale files
             report["rationales_from"] = str(args.rationales_from)
+        if args.student_file:
+            report["student_file"] = args.student_file
         report.update({k: v for k, v in sources.items() if v})
         write_json(layout.report(args.split, "json"), report)
         status = "" if final else " (in progress: the grid is still running)"

@@ -129,7 +129,7 @@ def missing_reason(s: VariantSpec, args: argparse.Namespace, layout: RunLayout, 
     # the producer writes <out>/rationales: the directory this run reads them from
     source = args.rationales_from or args.out
     out = None if source is None else str(source)
-    cmd = producer_command(s.rationales, args.dataset, out, args.users, args.user_seed)
+    cmd = producer_command(s.rationales, args.dataset, out, args.users, args.user_seed, layout.student_file)
     if not path.exists():
         return f"skipped {s.name}: {path} is missing; make it with `{cmd}`"
     cov = inputs.rationale_coverage(dataset, path, s.step, s.clean_step3)

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from slim.artifacts import RunLayout, load_npz, read_json
+from slim.artifacts import RATIONALE_FILES, RunLayout, load_npz, read_json
 from slim.metrics import mean_std, rank_metrics, user_metric
 
 from .variants import run_name
@@ -591,7 +591,8 @@ def regenerate(run_dir: str | Path, split: str = "test") -> str:
     report = read_json(layout.report(split, "json"))
     if report is None:
         raise FileNotFoundError(f"{layout.report(split, 'json')}: no report; run python -m slim_eval first")
-    layout = RunLayout(layout.root, report.get("rationales_from"), report.get("dataset"))
+    layout = RunLayout(layout.root, report.get("rationales_from"), report.get("dataset"),
+                       report.get("student_file") or RATIONALE_FILES["student"])
     old = layout.report(split, "md")
     command, notes = None, []
     if old.exists():  # keep what only the producing run knew: its command line and notes

@@ -98,7 +98,7 @@ def spec(name: str) -> VariantSpec:
 
 
 def producer_command(rationales: str, dataset: str, out: str | None = None, users: int | None = None,
-                     user_seed: int = 0) -> str:
+                     user_seed: int = 0, student_file: str = "student.jsonl") -> str:
     """The slim_train command that writes ``rationales/<teacher|student>.jsonl`` for the evaluated users.
 
     Both splits are needed: the valid rationale (written from seq[:-2]) trains and selects the
@@ -114,6 +114,8 @@ def producer_command(rationales: str, dataset: str, out: str | None = None, user
         flags += f" --out {out}"
     if rationales == "teacher":
         return f"python -m slim_train teach --dataset {dataset}{flags} --max-tokens 256"
+    if student_file != "student.jsonl":  # reason writes rationales/<name>.jsonl
+        flags += f" --name {student_file.removesuffix('.jsonl')}"
     return (f"python -m slim_train reason --dataset {dataset}{flags} --workers 2 --max-tokens 160 "
             f"--adapter {student_adapter(dataset)}")
 

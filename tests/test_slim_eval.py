@@ -556,3 +556,20 @@ def test_heldout_comparison_uses_the_same_pairs_of_untrained_users_for_every_fil
     distillation_set = write("c", [(trained, "valid")])
     files, pairs = heldout_pairs([a, b, distillation_set], "ml-100k")
     assert files == [a, b] and pairs == {("4", "valid"), ("6", "test")}
+
+
+def test_student_file_names_which_student_rows_a_run_reads_and_the_command_that_writes_them(tmp_path):
+    """--student-file: one student's rows measured while another's stay the default file; the run's
+    own file wins, then the shipped one of that name, and the missing-file command writes that name."""
+    from slim.artifacts import REPO_ROOT
+    from slim_eval.variants import producer_command
+
+    lay = RunLayout.for_dataset("amazon-video-games", tmp_path, student_file="student-v4.jsonl")
+    assert lay.own_rationales("student") == tmp_path / "rationales" / "student-v4.jsonl"
+    assert lay.own_rationales("teacher") == tmp_path / "rationales" / "teacher.jsonl"  # teacher untouched
+    shipped = REPO_ROOT / "assets" / "rationales" / "amazon-video-games" / "student-v4.jsonl"
+    assert lay.rationales("student") == (shipped if shipped.exists() else lay.own_rationales("student"))
+    assert RunLayout.for_dataset("amazon-video-games", tmp_path).own_rationales("student").name == "student.jsonl"
+    cmd = producer_command("student", "amazon-video-games", str(tmp_path), 500, 0, "student-v4.jsonl")
+    assert "--name student-v4 " in cmd + " " and "--users 500 --seed 0" in cmd
+    assert "--name" not in producer_command("student", "amazon-video-games", str(tmp_path), 500, 0)
