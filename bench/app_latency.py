@@ -10,7 +10,7 @@ and ``slim.prompts.student_messages`` / ``teacher_messages``), in process, so HT
 are excluded (the load test, bench/app_load.py, measures those). Each repeat uses a different 20-item
 history (sliding windows of the longest ML-100K user's sequence) so nothing is memoised; model loading is
 timed separately. "together" runs both models at once on their own threads, exactly as a custom
-history in the Space does (see the slim.demo docstring for how they share the cores). Without a
+history in the Space does (see the slim.demo.service docstring for how they share the cores). Without a
 live teacher (no endpoint, local GGUF not installed: ``python -m slim_train models --teacher``) the
 teacher rows are skipped and the summary says so. Prints one JSON line per measurement and a summary
 with medians.
@@ -73,8 +73,8 @@ def main() -> None:
     p.add_argument("--no-together", action="store_true", help="skip the side-by-side run")
     args = p.parse_args()
 
-    from slim.demo import DemoService
-    from slim.prompts import student_messages, teacher_messages
+    from slim.demo.service import DemoService
+    from slim.lm.prompts import student_messages, teacher_messages
 
     svc = DemoService(student_max_tokens=args.max_tokens, teacher_max_tokens=args.teacher_max_tokens,
                       n_threads=args.threads, n_threads_batch=args.threads_batch)

@@ -84,9 +84,9 @@ def main() -> None:
     try:
         # users 1..N of the dataset's id list, all distinct (ids are strings in ML-100K's file order)
         sys.path.insert(0, str(ROOT))
-        from slim.data import load_dataset
+        from slim.data.dataset import load_dataset
 
-        from slim.uploads import MAX_ROWS, MAX_UPLOAD_BYTES
+        from slim.demo.uploads import MAX_ROWS, MAX_UPLOAD_BYTES
 
         users = [str(u) for u in load_dataset("ml-100k").user_ids[1:args.sessions + 1]]
         hostile = set(range(0, args.sessions, 4)) if args.hostile else set()  # every 4th session: a quarter

@@ -142,8 +142,8 @@ def run_ours(epochs: int, threads: int, max_len: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from slim.data import load_dataset
-    from slim.metrics import evaluate
+    from slim.data.dataset import load_dataset
+    from slim.eval.metrics import evaluate
     from slim.recommenders.train import FitConfig, fit
 
     ds = load_dataset("ml-100k")
@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--recbole-test", action="store_true", help="also evaluate RecBole on the test split")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from slim.data import resolve_data_dir
+    from slim.data.dataset import resolve_data_dir
 
     raw = args.raw or resolve_data_dir() / "ml-100k" / "raw"
     py = ensure_recbole_venv(args.recbole_venv)

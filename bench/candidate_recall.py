@@ -1,6 +1,6 @@
 """How often the grounded Step 3's shortlist holds the user's validation target, by candidate scorer.
 
-The shortlist is what the teacher and student may name in Step 3 (slim.grounding); a shortlist that
+The shortlist is what the teacher and student may name in Step 3 (slim.lm.grounding); a shortlist that
 never holds what the user did next caps what a grounded rationale can say. Validation targets only,
 so the chosen weights are model selection, not test tuning.
 
@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data import load_dataset  # noqa: E402
-from slim.encoders import TextEncoder, item_text_matrix  # noqa: E402
-from slim.grounding import CandidateIndex, train_popularity  # noqa: E402
+from slim.data.dataset import load_dataset  # noqa: E402
+from slim.lm.encoders import TextEncoder, item_text_matrix  # noqa: E402
+from slim.lm.grounding import CandidateIndex, train_popularity  # noqa: E402
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slim.student import student_hf_path
+    from slim.student.hf_model import student_hf_path
     from slim_train.distill import NATIVE_BF16_FLAGS, DistillConfig, cpu_flags, resolve_precision
 
     torch.set_num_threads(args.threads)

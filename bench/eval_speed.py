@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from slim.data import load_dataset  # noqa: E402
-from slim.metrics import evaluate  # noqa: E402
+from slim.data.dataset import load_dataset  # noqa: E402
+from slim.eval.metrics import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def synthetic(n_users: int, n_items: int, seq_len: int):
     """N users x ``seq_len`` uniform items over ``n_items``: only the shapes matter for the timing."""
     import pandas as pd
 
-    from slim.data import SequentialDataset
+    from slim.data.dataset import SequentialDataset
 
     rng = np.random.default_rng(0)
     values = rng.integers(1, n_items + 1, size=n_users * seq_len).astype(np.int64)

@@ -7,7 +7,7 @@
 Both run in-process on llama.cpp with the same thread count, greedy, on the validation histories
 (train prefixes) of the first N users of the dataset. ``--step3 grammar`` times what
 ``teach``/``reason --step3 grammar --domain dataset`` run: the domain-aware prompt with the
-candidate shortlist, Steps 1-2 free, then K grammar-bound catalogue picks (slim.grounding);
+candidate shortlist, Steps 1-2 free, then K grammar-bound catalogue picks (slim.lm.grounding);
 ``--step3 free`` the plain prompts with a free Step 3. ``--merged`` adds the student with its LoRA
 merged into the weights and re-quantised (one GGUF, no adapter matmuls), on the same prompts.
 Prompt and answer lengths are printed, since the prompt is a large share of the time.
@@ -26,17 +26,17 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data import load_dataset  # noqa: E402
-from slim.prompts import domain_for, student_messages, teacher_messages  # noqa: E402
-from slim.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
-from slim.weights import student_gguf_path, teacher_gguf_path  # noqa: E402
+from slim.data.dataset import load_dataset  # noqa: E402
+from slim.lm.prompts import domain_for, student_messages, teacher_messages  # noqa: E402
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
+from slim.lm.weights import student_gguf_path, teacher_gguf_path  # noqa: E402
 
 
 def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
     """Mean seconds, tokens per second and mean prompt / completion tokens over ``prompts``.
 
     ``grounded``: (candidate titles per prompt, GroundingConfig) to time the grammar-bound Step 3."""
-    from slim.grounding import grounded_generation
+    from slim.lm.grounding import grounded_generation
 
     reasoner.generate(prompts[:1], GenerationParams(max_tokens=4))  # warm-up: weights paged in
     t0 = time.perf_counter()
@@ -72,8 +72,8 @@ def main() -> None:
     domain = domain_for(ds.name)
     grounded = None
     if args.step3 == "grammar":
-        from slim.encoders import TextEncoder, item_text_matrix
-        from slim.grounding import CandidateIndex, GroundingConfig
+        from slim.lm.encoders import TextEncoder, item_text_matrix
+        from slim.lm.grounding import CandidateIndex, GroundingConfig
 
         cfg = GroundingConfig()
         index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)

@@ -24,10 +24,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from slim.data import load_dataset  # noqa: E402
-from slim.prompts import student_messages  # noqa: E402
-from slim.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
-from slim.weights import student_gguf_path  # noqa: E402
+from slim.data.dataset import load_dataset  # noqa: E402
+from slim.lm.prompts import student_messages  # noqa: E402
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
+from slim.lm.weights import student_gguf_path  # noqa: E402
 
 
 def run(reasoner: LlamaCppReasoner, prompts, params) -> tuple[list[str], float, int]:

@@ -21,12 +21,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data import load_dataset  # noqa: E402
-from slim.prompts import teacher_messages  # noqa: E402
-from slim.rationales import prompt_for  # noqa: E402
-from slim.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,  # noqa: E402
+from slim.data.dataset import load_dataset  # noqa: E402
+from slim.lm.prompts import teacher_messages  # noqa: E402
+from slim.lm.rationales import prompt_for  # noqa: E402
+from slim.lm.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,  # noqa: E402
                             LlamaCppServer, OpenAIChatReasoner)
-from slim.weights import TEACHER_NAME, teacher_gguf_path  # noqa: E402
+from slim.lm.weights import TEACHER_NAME, teacher_gguf_path  # noqa: E402
 from slim_train.pool import pool_rows  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from slim.artifacts import REPORTED_USER_SAMPLES, RunLayout, write_json
+from slim.artifacts.layout import REPORTED_USER_SAMPLES, RunLayout, write_json
 
 from .report import PROTOCOL_TITLES, build_report, markdown, results_table, slim_vs_teacher_cells
 from .variants import VARIANT_NAMES, spec
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     layout = RunLayout.for_dataset(args.dataset, args.out, args.rationales_from, shipped=not args.no_shipped,
                                    student_file=args.student_file)
     if args.rationales:
-        from slim.data import load_dataset
+        from slim.data.dataset import load_dataset
 
         rationale_report(args, layout, load_dataset(args.dataset, args.data_dir))
         return None

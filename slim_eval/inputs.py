@@ -1,6 +1,6 @@
 """Text inputs of the fitted models: item-text vectors and per-split rationale vectors.
 
-Rationale rows come from ``rationales/<teacher|student>.jsonl`` (``slim.rationales`` format, one row
+Rationale rows come from ``rationales/<teacher|student>.jsonl`` (``slim.lm.rationales`` format, one row
 per (user_id, split)). The valid row was written from seq[:-2] and the test row from seq[:-1], so
 ``user_text["valid"]`` trains and selects a model and ``user_text["test"]`` scores the test target:
 neither ever saw its own target.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slim.data import SequentialDataset
-from slim.encoders import TextVectors
-from slim.rationales import rationale_text  # noqa: F401  (re-exported: the one definition)
+from slim.data.dataset import SequentialDataset
+from slim.lm.encoders import TextVectors
+from slim.lm.rationales import rationale_text  # noqa: F401  (re-exported: the one definition)
 
 SPLITS = ("valid", "test")
 
@@ -32,7 +32,7 @@ class UserText:
 
 def load_rationale_rows(path: Path) -> dict[tuple[str, str], dict]:
     """(user_id, split) -> row; via slim.rationales.RationaleStore so torn lines are handled once."""
-    from slim.rationales import RationaleStore
+    from slim.lm.rationales import RationaleStore
 
     return RationaleStore(path).rows
 
@@ -41,7 +41,7 @@ _cleaned_cache: tuple[SequentialDataset, tuple, dict] | None = None
 
 
 def _cleaned_steps(dataset: SequentialDataset, path: Path, rows: dict) -> dict[tuple[str, str], list[str] | None]:
-    """(user_id, split) -> steps with Step 3 post-filtered (slim.step3_filter), once per file and dataset.
+    """(user_id, split) -> steps with Step 3 post-filtered (slim.lm.step3_filter), once per file and dataset.
 
     Why cached: the fuzzy catalogue matching is the slow part (~11 s for ML-100K's 1,886 rows), and
     both the coverage check and the encoding of every ``*-clean`` variant need the same result. One
@@ -59,8 +59,8 @@ def _cleaned_steps(dataset: SequentialDataset, path: Path, rows: dict) -> dict[t
 
 
 def _clean_rows(dataset: SequentialDataset, rows: dict) -> dict[tuple[str, str], list[str] | None]:
-    from slim.rationale_quality import CatalogueMatcher
-    from slim.step3_filter import clean_steps
+    from slim.lm.rationale_quality import CatalogueMatcher
+    from slim.lm.step3_filter import clean_steps
 
     matcher = CatalogueMatcher(dataset)
     index = {str(uid): u for u, uid in enumerate(dataset.user_ids)}
@@ -133,6 +133,6 @@ def rationale_coverage(dataset: SequentialDataset, path: Path, step: int | None 
 
 def item_text(dataset: SequentialDataset, encoder) -> np.ndarray:
     """``[n_items + 1, D]`` item-text vectors (row 0 zeros), cached by the encoder."""
-    from slim.encoders import item_text_matrix
+    from slim.lm.encoders import item_text_matrix
 
     return item_text_matrix(dataset, encoder)

@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from slim.artifacts import REPO_ROOT, RunLayout, make_record, save_npz, write_json
-from slim.data import SequentialDataset, load_dataset, sample_users
-from slim.metrics import dataset_fingerprint, item_popularity, sampled_negatives
+from slim.artifacts.layout import REPO_ROOT, RunLayout, make_record, save_npz, write_json
+from slim.data.dataset import SequentialDataset, load_dataset, sample_users
+from slim.eval.metrics import dataset_fingerprint, item_popularity, sampled_negatives
 
 from . import inputs
 from .run import N_NEGATIVES, NEGATIVES_SEED, SeedResult, evaluate_fitted
@@ -40,7 +40,7 @@ class Inputs:
     @property
     def encoder(self):
         if self._encoder is None:
-            from slim.encoders import TextEncoder
+            from slim.lm.encoders import TextEncoder
 
             self._encoder = TextEncoder(cache_dir=self.layout.text_cache_dir)
         return self._encoder
@@ -267,7 +267,7 @@ def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     path = layout.distill_metrics
     if not path.exists():
         return set()
-    from slim.sft import trained_user_ids
+    from slim.student.sft import trained_user_ids
 
     m = json.loads(path.read_text())
     primary = m.get("dataset") or dataset_name
@@ -286,9 +286,9 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
     so a --users sample would only drop rows. Writes rationale-quality.json and prints one table.
     """
     try:
-        from slim import rationale_quality
+        from slim.lm import rationale_quality
     except ImportError:
-        print("rationale quality: slim/rationale_quality.py is missing (expected "
+        print("rationale quality: slim/lm/rationale_quality.py is missing (expected "
               "quality_report(dataset, path, reference_path=None) -> dict); nothing to report")
         return None
     files = layout.rationale_files()  # the run's own, plus the shipped teacher / student files it reads
@@ -306,7 +306,7 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
 
     teacher = layout.rationales("teacher")
     trained_on = distilled_users(layout, dataset.name)
-    from slim.encoders import TextEncoder
+    from slim.lm.encoders import TextEncoder
 
     encoder = TextEncoder(cache_dir=layout.text_cache_dir)  # MiniLM cosine of student vs teacher text
     # zero-shot ranking needs the report's item vectors and its sampled negatives (which a tiny
@@ -350,9 +350,9 @@ def heldout_pairs(files: list[Path], dataset_name: str) -> tuple[list[Path], set
     Held out = no shipped student (slim.artifacts.SHIPPED_STUDENTS) was distilled on the user, so no
     file is measured on its own training data; a file with no such row (a distillation set) is left out.
     """
-    from slim.artifacts import REPO_ROOT, SHIPPED_STUDENTS, read_json
-    from slim.rationales import RationaleStore
-    from slim.sft import trained_user_ids
+    from slim.artifacts.layout import REPO_ROOT, SHIPPED_STUDENTS, read_json
+    from slim.lm.rationales import RationaleStore
+    from slim.student.sft import trained_user_ids
 
     trained: set[str] = set()
     for folder in SHIPPED_STUDENTS:

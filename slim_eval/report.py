@@ -10,7 +10,7 @@ Nothing here fits or scores a model, so every table and plot can be regenerated 
 * :func:`table2`: the paper's Table 2 shape (text matching: Step1, Step2, Step3, teacher, SLIM).
 * :func:`slim_vs_teacher_table`: SLIM vs SLIM- cell by cell (the paper's "22 of 27 cells").
 * :func:`popularity_table`: EFD@10 / EPC@10 (paper Table 8) of SASRec vs SLIM from the stored
-  top-10 lists' per-model values (full ranking, Elliot definitions in slim.metrics).
+  top-10 lists' per-model values (full ranking, Elliot definitions in slim.eval.metrics).
 * :func:`longtail_plot`: the paper's Fig. 6/7 (top-10 frequency of items sorted by popularity).
 * :func:`sparsity_groups` / :func:`sparsity_plot`: users split into 5 equal groups by history
   length, NDCG@10 per group. NOTE: the paper (Fig. 5) *trains* a model per group; we evaluate one
@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from slim.artifacts import RATIONALE_FILES, RunLayout, load_npz, read_json
-from slim.metrics import mean_std, rank_metrics, user_metric
+from slim.artifacts.layout import RATIONALE_FILES, RunLayout, load_npz, read_json
+from slim.eval.metrics import mean_std, rank_metrics, user_metric
 
 from .variants import run_name
 
@@ -327,7 +327,7 @@ def gain_by_rationale_table(layout: RunLayout, report: dict, metric: str = "NDCG
     Why: a rejected rationale (stopped before Step 3, unparseable, missing) is encoded from raw text
     or zeros; this says how much of the gap such users can explain before anyone repairs them.
     """
-    from slim.rationales import RationaleStore
+    from slim.lm.rationales import RationaleStore
 
     path = layout.rationales("student")
     if not path.exists():

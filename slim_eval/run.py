@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slim.artifacts import RunLayout, load_npz, make_record, matches, save_npz
-from slim.data import SequentialDataset
-from slim.metrics import compute_ranks, dataset_fingerprint, item_popularity, novelty_metrics, rank_metrics, top_k
+from slim.artifacts.layout import RunLayout, load_npz, make_record, matches, save_npz
+from slim.data.dataset import SequentialDataset
+from slim.eval.metrics import compute_ranks, dataset_fingerprint, item_popularity, novelty_metrics, rank_metrics, top_k
 
 N_NEGATIVES, NEGATIVES_SEED, TOPK = 100, 0, 10
 

@@ -14,7 +14,7 @@ match           match         student, all 3 steps   Table 2 "SLIM" (text matchi
 match-stepK     match         student, step K only   Table 2 "SLIM-StepK"
 match-teacher   match         teacher, all 3 steps   Table 2 teacher row
 match-step3-    match         student, step 3 after  (ours) Step 3 post-filtered: only catalogue
-clean                         slim.step3_filter      items not already in the history
+clean                         slim.lm.step3_filter      items not already in the history
 match-clean     match         student, 3 steps, step (ours) all steps, Step 3 post-filtered
                               3 post-filtered
 slim-clean      slim          student, 3 steps, step (ours) SLIM (X) with Step 3 post-filtered
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slim.artifacts import student_adapter
+from slim.artifacts.layout import student_adapter
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
                  "match-teacher", "match-step3-clean", "match-clean", "slim-clean", "slim-gated", "teacher-gated",
@@ -48,7 +48,7 @@ class VariantSpec:
     rationales: str | None = None  # "teacher" | "student" | None
     step: int | None = None  # 1..3: only that step of the rationale; None: all steps
     tag: str = ""  # FitConfig.tag: keeps checkpoint names of same-model variants apart
-    clean_step3: bool = False  # Step 3 post-filtered (slim.step3_filter) before encoding
+    clean_step3: bool = False  # Step 3 post-filtered (slim.lm.step3_filter) before encoding
     fusion: str = "concat"  # FitConfig.fusion: "gated" starts from X+ and lets the rationale in by a gate
     rationale_window: int = 0  # FitConfig.rationale_window: leakage-free training positions
 
@@ -75,7 +75,7 @@ def spec(name: str) -> VariantSpec:
         who = name.split("-")[0]
         return VariantSpec(name, who, rationales="student" if who == "slim" else "teacher", tag="gated", fusion="gated")
     if name in ("slim-noleak", "teacher-noleak"):
-        from slim.prompts import DEFAULT_MAX_HISTORY
+        from slim.lm.prompts import DEFAULT_MAX_HISTORY
 
         who = name.split("-")[0]
         return VariantSpec(name, who, rationales="student" if who == "slim" else "teacher", tag="noleak",

@@ -1,7 +1,7 @@
 """``distill``: LoRA SFT of the student on (simplified prompt -> teacher rationale).
 
 Data: ``ok`` rows of ``runs/<dataset>/rationales/teacher.jsonl`` (``--teacher-file``); the prompt is
-rebuilt from the dataset history of the row's split (``valid`` = train prefix), see ``slim.sft``.
+rebuilt from the dataset history of the row's split (``valid`` = train prefix), see ``slim.student.sft``.
 A stable 10 % of users (hash of the user id) is held out for validation loss.
 
 Outputs in ``runs/<dataset>/distill/``: ``log.jsonl`` (step, loss, val_loss, seconds, ...),
@@ -52,7 +52,7 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 class DistillConfig:
     """Everything that determines the run; saved in the checkpoint and the adapter's metrics.json."""
 
-    base: str = ""  # HF folder or Hub id; "" = the converted SmolLM2 folder (slim.student)
+    base: str = ""  # HF folder or Hub id; "" = the converted SmolLM2 folder (slim.student.hf_model)
     base_model: str = ""  # Hub id written to adapter_config.json / the card
     lora_r: int = 16
     lora_alpha: int = 32
@@ -162,7 +162,7 @@ def select_rows(rows: list[dict], n: int | None, state: dict | None, primary: st
     ok = [r for r in rows if r.get("status") == "ok" and r.get("split", "valid") == "valid"]
     if state is None:
         return ok[:n] if n else ok
-    from slim.sft import example_key
+    from slim.student.sft import example_key
 
     by_user = {example_key(r, primary): r for r in ok}
     chosen = []
@@ -186,7 +186,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def split_examples(examples, fraction: float):
-    from slim.sft import is_validation_user
+    from slim.student.sft import is_validation_user
 
     val = [e for e in examples if is_validation_user(e.user_id, fraction)]
     if fraction > 0 and not val and len(examples) >= 2:
@@ -454,7 +454,7 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slim.sft import build_examples, collate
+    from slim.student.sft import build_examples, collate
 
     cfg.precision = resolve_precision(cfg.precision)  # recorded resolved, so the card says what ran
     accelerator = make_accelerator(cfg.precision)
@@ -488,7 +488,7 @@ def train(cfg: DistillConfig, rows: list[dict], dataset, out_dir: Path, adapter_
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-    from slim.sft import BuildStats, example_key
+    from slim.student.sft import BuildStats, example_key
 
     chosen = select_rows(rows, meta.get("users"), state, dataset.name)
     examples, stats = [], BuildStats()
@@ -718,7 +718,7 @@ def weights_digest(model) -> str:
 def finish(cfg: DistillConfig, model, tokenizer, history: dict, data_record: dict, step: int,
            steps_per_epoch: int, log_path: Path, adapter_out: Path, meta: dict, gguf: bool) -> dict:
     """Write the adapter folder: safetensors + config (base = the Hub id) + metrics.json + card."""
-    from slim.model_card import build_card, curve_summary
+    from slim.student.card import build_card, curve_summary
 
     tmp = adapter_out.with_name(adapter_out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -755,12 +755,12 @@ def finish(cfg: DistillConfig, model, tokenizer, history: dict, data_record: dic
     tmp.rename(adapter_out)
     if gguf:
         try:
-            from slim.gguf_lora import convert_lora
+            from slim.student.gguf_lora import convert_lora
 
             convert_lora(adapter_out, cfg.base, adapter_out / "adapter.gguf")
         except Exception as e:  # noqa: BLE001 - the adapter is done; the fast path can be converted later
             print(f"warning: GGUF conversion failed ({type(e).__name__}: {e}); the peft adapter is complete. "
-                  f"Retry: python -c \"from slim.gguf_lora import convert_lora; convert_lora('{adapter_out}', "
+                  f"Retry: python -c \"from slim.student.gguf_lora import convert_lora; convert_lora('{adapter_out}', "
                   f"'{cfg.base}')\"", file=sys.stderr)
     return metrics
 
@@ -839,14 +839,14 @@ def main(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
-    from slim.data import load_dataset
-    from slim.weights import STUDENT_NAME
+    from slim.data.dataset import load_dataset
+    from slim.lm.weights import STUDENT_NAME
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     if not cfg.base:
-        from slim.student import student_hf_path
+        from slim.student.hf_model import student_hf_path
 
         cfg.base = str(student_hf_path())
         cfg.base_model = cfg.base_model or STUDENT_NAME

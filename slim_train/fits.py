@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from slim.artifacts import REPO_ROOT, default_run_dir
+from slim.artifacts.layout import REPO_ROOT, default_run_dir
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

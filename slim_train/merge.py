@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from slim.gguf_merged import QUANT_TYPES, merged_gguf
+from slim.student.gguf_merged import QUANT_TYPES, merged_gguf
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"--adapter {args.adapter}: no adapter_config.json there; point it at the peft "
                          "folder `python -m slim_train distill` wrote (e.g. assets/student)")
     if args.base is None:
-        from slim.student import student_hf_path
+        from slim.student.hf_model import student_hf_path
 
         args.base = student_hf_path()
     out = args.out or Path("runs") / "merged" / f"student-{args.quant}.gguf"

@@ -5,7 +5,7 @@ import argparse
 import subprocess
 import sys
 
-from slim.weights import STUDENT_GGUF_PACKAGE, student_gguf_path, teacher_gguf_path
+from slim.lm.weights import STUDENT_GGUF_PACKAGE, student_gguf_path, teacher_gguf_path
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from slim.data import load_dataset
-from slim.prompts import prompt_builder as prompt_fn
-from slim.rationales import finished_row, grounded_row, prompt_for
-from slim.reasoners import Generation, GenerationParams
+from slim.data.dataset import load_dataset
+from slim.lm.prompts import prompt_builder as prompt_fn
+from slim.lm.rationales import finished_row, grounded_row, prompt_for
+from slim.lm.reasoners import Generation, GenerationParams
 
 # one Llama per worker process; module-level so the pool's functions pickle
 _WORKER: dict = {}
@@ -31,14 +31,14 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
     # wait forever: keep the error and raise it from the first job instead
     try:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        from slim.reasoners import LlamaCppReasoner
+        from slim.lm.reasoners import LlamaCppReasoner
 
         _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=n_ctx, model_name=model_name)
         _WORKER["ds"] = load_dataset(dataset, data_dir)
         _WORKER["prompt"], _WORKER["role"] = prompt_fn(prompt, dataset, domain), role
         if grounding is not None:
-            from slim.encoders import TextEncoder, item_text_matrix
-            from slim.grounding import CandidateIndex, GroundingConfig
+            from slim.lm.encoders import TextEncoder, item_text_matrix
+            from slim.lm.grounding import CandidateIndex, GroundingConfig
 
             cfg = _WORKER["grounding"] = GroundingConfig(**grounding)
             _WORKER["candidates"] = CandidateIndex.for_dataset(

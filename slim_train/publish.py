@@ -62,7 +62,7 @@ def rationale_rows(metrics: dict, teacher_file: Path | Sequence[Path]) -> list[d
     metrics.json names no split, so the row is the one whose text has the recorded digest
     (``valid`` first).
     """
-    from slim.sft import example_key
+    from slim.student.sft import example_key
 
     files = [teacher_file] if isinstance(teacher_file, (str, Path)) else list(teacher_file)
     primary = str(metrics.get("dataset") or "")
@@ -152,7 +152,7 @@ def stage(adapter: Path, staging: Path, repo_id: str, teacher_file: Path | None,
 
 def _write_stage(adapter: Path, metrics: dict, staging: Path, repo_id: str, teacher_file: Path | None,
                  dataset_repo: str | None, include_rationales: bool) -> tuple[int, bool]:
-    from slim.model_card import build_card
+    from slim.student.card import build_card
 
     model_dir = staging / "model"
     model_dir.mkdir(parents=True)

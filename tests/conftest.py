@@ -18,7 +18,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from slim.data import SequentialDataset, load_dataset, resolve_data_dir  # noqa: E402
+from slim.data.dataset import SequentialDataset, load_dataset, resolve_data_dir  # noqa: E402
 
 
 # ---- data ---------------------------------------------------------------------------------

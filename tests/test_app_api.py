@@ -13,7 +13,7 @@ import re
 import pytest
 
 from app_server import ROOT, missing_requirements, running_app
-from slim.demo import MATCH_LABEL, TEACHER_DISABLED, TEACHER_HELP, local_teacher_installed
+from slim.demo.service import MATCH_LABEL, TEACHER_DISABLED, TEACHER_HELP, local_teacher_installed
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
@@ -110,8 +110,8 @@ def test_live_local_teacher_grounds_step3_in_the_catalogue():
     Step 3 lists only catalogue titles the history does not hold, chosen under a grammar."""
     from gradio_client import Client
 
-    from slim.data import load_dataset
-    from slim.grounding import display_title
+    from slim.data.dataset import load_dataset
+    from slim.lm.grounding import display_title
 
     history = ["Toy Story", "Fargo", "Star Wars", "Babe", "GoldenEye"]
     with running_app(ROOT / "test-artifacts" / "app_api_grounded.log", max_tokens=32, teacher="smollm2") as url:

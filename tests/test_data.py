@@ -1,4 +1,4 @@
-"""slim.data: README statistics, leave-one-out invariants, tie rule, custom loader, bad input, download."""
+"""slim.data.dataset: README statistics, leave-one-out invariants, tie rule, custom loader, bad input, download."""
 from __future__ import annotations
 
 import http.server
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slim.data import DataFormatError, SequentialDataset, load_custom, load_dataset, load_ml100k
+from slim.data.dataset import DataFormatError, SequentialDataset, load_custom, load_dataset, load_ml100k
 
 # ---- statistics promised by the dataset READMEs ----------------------------------------------
 

@@ -1,4 +1,4 @@
-"""slim.demo without llama.cpp: a scripted student stands in, so the service logic is tested fast.
+"""slim.demo.service without llama.cpp: a scripted student stands in, so the service logic is tested fast.
 
 The real student is exercised by tests/test_app_api.py and tests/test_browser.py.
 """
@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from slim.demo import (MATCH_LABEL, TEACHER_HELP, UNTRAINED_LABEL, Column, DemoService, Request, find_reports,
+from slim.demo.service import (MATCH_LABEL, TEACHER_HELP, UNTRAINED_LABEL, Column, DemoService, Request, find_reports,
                        format_steps, rationale_text)
-from slim.uploads import UploadError
+from slim.demo.uploads import UploadError
 
 RATIONALE = "Step 1: likes science fiction.\nStep 2: Sci-Fi, Action.\nStep 3: Star Wars, Alien"
 
@@ -109,7 +109,7 @@ def test_student_failure_is_shown_not_raised(service, ml100k):
 def test_every_dataset_runs_the_newest_student_on_its_grounded_prompt(service, tmp_path):
     """The live student is v4 (movies and games, grounded prompt) for every dataset; an adapter missing
     from a checkout is said in the student column, with its path."""
-    from slim.artifacts import adapter_prompt, live_student_adapter
+    from slim.artifacts.layout import adapter_prompt, live_student_adapter
 
     assert service.adapter_path("ml-100k") == service.root / "assets/student-v4/adapter.gguf"
     assert service.adapter_path("amazon-video-games") == service.adapter_path("ml-100k")
@@ -213,11 +213,11 @@ def test_refused_checkpoint_is_logged_once_and_the_next_is_used(fitted, tmp_path
     other = DemoService(root=root, data_dir=svc.data_dir)
     other._datasets, other._catalogues, other._item_text, other._encoder = (
         svc._datasets, svc._catalogues, svc._item_text, svc._encoder)
-    with caplog.at_level(logging.WARNING, logger="slim.demo"):
+    with caplog.at_level(logging.WARNING, logger="slim.demo.service"):
         for _ in range(2):
             ranked = other.rank(other.resolve("ml-100k", "196"), RATIONALE)
             assert ranked[0].variant == "SLIM (SASRec)" and f"`{dirs['slim']}`" in ranked[0].note
-    lines = [r.getMessage() for r in caplog.records if r.name == "slim.demo"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "slim.demo.service"]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"checkpoint runs/ml-100k/checkpoints/{stale.name} not used: ValueError: ")
     assert "item_text: the texts or encoder differ" in lines[0] and "\n" not in lines[0]
@@ -231,7 +231,7 @@ def test_old_format_checkpoint_is_refused_with_the_reason(fitted, tmp_path):
     import json
     import shutil
 
-    from slim.demo import CheckpointRefused
+    from slim.demo.service import CheckpointRefused
 
     svc, dirs = fitted
     old = tmp_path / "runs" / "ml-100k" / "checkpoints" / (dirs["match"] + "-format1")
@@ -265,7 +265,7 @@ def test_custom_history_streams_a_live_teacher_beside_the_student(service):
 
 
 def test_teacher_source_endpoint_first_then_installed_local(monkeypatch, service):
-    import slim.demo as demo
+    import slim.demo.service as demo
 
     svc = DemoService(root=service.root, data_dir=service.data_dir)
     monkeypatch.setattr(demo, "local_teacher_installed", lambda: True)
@@ -338,7 +338,7 @@ class ScriptedGroundedTeacher:
     def complete(self, messages, prefix, params=None, stop=(), grammar=None, reset=False):
         import json as _json
 
-        from slim.reasoners import Generation
+        from slim.lm.reasoners import Generation
 
         self.messages.append(messages)
         if grammar is None:
@@ -349,7 +349,7 @@ class ScriptedGroundedTeacher:
 
 
 def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue(service):
-    from slim.grounding import display_title
+    from slim.lm.grounding import display_title
 
     svc = DemoService(root=service.root, data_dir=service.data_dir)
     svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
@@ -369,7 +369,7 @@ def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue
                            for n, i in enumerate(last.teacher.step3_items, 1)]
     assert "chosen under a grammar" in last.teacher.markdown()
     # the student keeps the generic wording the shipped students were distilled on
-    from slim.prompts import student_messages
+    from slim.lm.prompts import student_messages
 
     assert svc._memo and any(k.startswith("student:") for k in svc._memo)
     assert "interacted with" in student_messages(req.titles)[-1]["content"]
@@ -398,10 +398,10 @@ def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
 
     if not (data_dir / "amazon-video-games" / "raw").is_dir():
         pytest.skip("no Amazon Games raw files")
-    from slim.artifacts import REPORTED_USER_SAMPLES
-    from slim.data import load_dataset, sample_users
-    from slim.demo import DemoService
-    from slim.metrics import dataset_fingerprint
+    from slim.artifacts.layout import REPORTED_USER_SAMPLES
+    from slim.data.dataset import load_dataset, sample_users
+    from slim.demo.service import DemoService
+    from slim.eval.metrics import dataset_fingerprint
 
     svc = DemoService(data_dir=data_dir)
     assert "amazon-video-games" in svc.available_datasets()  # its student and rationales ship

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 torch.set_num_threads(1)
 
-from slim.prompts import student_messages  # noqa: E402
-from slim.sft import IGNORE_INDEX, build_examples, encode_pair  # noqa: E402
-from slim.student import student_hf_path  # noqa: E402
-from slim.weights import STUDENT_NAME  # noqa: E402
+from slim.lm.prompts import student_messages  # noqa: E402
+from slim.student.sft import IGNORE_INDEX, build_examples, encode_pair  # noqa: E402
+from slim.student.hf_model import student_hf_path  # noqa: E402
+from slim.lm.weights import STUDENT_NAME  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_grounded_examples_show_the_domain_and_the_teachers_shortlist(ds, tokeni
     the teacher's Step-3 items were chosen from (recomputed from the same history)."""
     from pathlib import Path
 
-    from slim.grounding import display_title
+    from slim.lm.grounding import display_title
 
     shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "teacher-grounded.jsonl"
     rows = [json.loads(x) for x in shipped.read_text().splitlines()[:3]]
@@ -316,7 +316,7 @@ def test_grounded_examples_show_the_domain_and_the_teachers_shortlist(ds, tokeni
 def test_one_student_on_two_datasets_keys_the_second_datasets_users(ds, scientific, tmp_path):
     """Rows of a second dataset train the same student; their users are "<dataset>/<id>" in the card,
     so a user id shared by the two datasets is two examples and the held-out sets stay apart."""
-    from slim.sft import trained_user_ids
+    from slim.student.sft import trained_user_ids
 
     teacher_a, teacher_b = tmp_path / "ml.jsonl", tmp_path / "sci.jsonl"
     write_jsonl(teacher_a, [{**r, "dataset": "ml-100k"} for r in teacher_rows(ds, 4)])

@@ -160,8 +160,8 @@ def jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_servers(tmp_path_factory):
     pytest.importorskip("llama_cpp")
-    from slim.reasoners import LlamaCppServer
-    from slim.weights import student_gguf_path
+    from slim.lm.reasoners import LlamaCppServer
+    from slim.lm.weights import student_gguf_path
 
     gguf = student_gguf_path()
     logs = tmp_path_factory.mktemp("servers")
@@ -225,7 +225,7 @@ def test_merge_lists_what_is_missing_and_refuses_mixed_jobs(tmp_path):
     job = {"verb": "teach", "users": 10}
     owed = {i: write_manifest(shard_path(tmp_path, "t", i, 2), keys, i, 2, job) for i in range(2)}
     assert sorted(owed[0] + owed[1]) == sorted(keys) and not set(owed[0]) & set(owed[1])
-    from slim.rationales import RationaleStore
+    from slim.lm.rationales import RationaleStore
 
     for i in range(2):
         store = RationaleStore(shard_path(tmp_path, "t", i, 2))
@@ -249,7 +249,7 @@ def test_merge_lists_what_is_missing_and_refuses_mixed_jobs(tmp_path):
 
 
 def test_several_endpoints_fail_over_and_name_the_endpoint_that_fails(two_servers):
-    from slim.reasoners import GenerationParams, MultiEndpointReasoner, free_port
+    from slim.lm.reasoners import GenerationParams, MultiEndpointReasoner, free_port
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     url_a, _ = two_servers
@@ -286,9 +286,9 @@ def test_reason_against_a_server_that_serves_the_lora_as_a_named_model(tmp_path)
     """The vLLM deployment (base model + the student's LoRA as a named model), played by llama.cpp's server:
     the endpoint path writes the in-process llama.cpp engine's text (greedy, penalty 1.0)."""
     pytest.importorskip("llama_cpp")
-    from slim.artifacts import REPO_ROOT, student_adapter
-    from slim.reasoners import LlamaCppServer
-    from slim.weights import student_gguf_path
+    from slim.artifacts.layout import REPO_ROOT, student_adapter
+    from slim.lm.reasoners import LlamaCppServer
+    from slim.lm.weights import student_gguf_path
     from slim_train.__main__ import main
 
     adapter = REPO_ROOT / student_adapter("ml-100k")

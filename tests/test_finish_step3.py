@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from slim.artifacts import REPO_ROOT, student_adapter
-from slim.rationales import STEP3_PREFILL, RationaleStore, finish_step3, stopped_before_step3
-from slim.reasoners import Generation, GenerationParams
+from slim.artifacts.layout import REPO_ROOT, student_adapter
+from slim.lm.rationales import STEP3_PREFILL, RationaleStore, finish_step3, stopped_before_step3
+from slim.lm.reasoners import Generation, GenerationParams
 
 STOPPED = ("Step 1: The user likes to use safety equipment in their work.\n"
            "Step 2: The categories the user may want next include:\n- Safety equipment\n- Work gloves")

@@ -36,7 +36,7 @@ def small(ml100k):
 
 @pytest.fixture(scope="module")
 def item_text(small):
-    from slim.encoders import TextEncoder, item_text_matrix
+    from slim.lm.encoders import TextEncoder, item_text_matrix
 
     return item_text_matrix(small, TextEncoder())
 

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from slim.grounding import GroundingConfig, display_title, number_the_candidates, snap_to_candidates, split_step3
-from slim.prompts import format_candidates, teacher_messages
-from slim.reasoners import Generation, GenerationParams
+from slim.lm.grounding import GroundingConfig, display_title, number_the_candidates, snap_to_candidates, split_step3
+from slim.lm.prompts import format_candidates, teacher_messages
+from slim.lm.reasoners import Generation, GenerationParams
 
 TITLES = ["The Usual Suspects (1995)", "Heat (1995)", "Fargo (1996)", "12 Monkeys (1995)", "Sabrina (1954)",
           "Sabrina (1995)", "Star Trek: First Contact (1996)", "The Lion King (1994)"]
@@ -51,15 +51,15 @@ def test_the_endpoint_prompt_numbers_the_shortlist_it_is_snapped_to():
 
 @pytest.fixture(scope="module")
 def index(ml100k):
-    from slim.encoders import TextEncoder, item_text_matrix
-    from slim.grounding import CandidateIndex
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.grounding import CandidateIndex
 
     return CandidateIndex.for_dataset(ml100k, item_text_matrix(ml100k, TextEncoder()))
 
 
 def _row(ml100k, index, text: str, user: int = 3, split: str = "valid", k: int = 3, error: str | None = None):
-    from slim.prompts import prompt_builder
-    from slim.rationales import grounding_shortlist, numbered_list_prompt, numbered_list_row
+    from slim.lm.prompts import prompt_builder
+    from slim.lm.rationales import grounding_shortlist, numbered_list_prompt, numbered_list_row
 
     cfg = GroundingConfig(k=k)
     shortlist, titles = grounding_shortlist(ml100k, user, split, cfg, index)
@@ -93,7 +93,7 @@ def test_a_step3_that_names_no_candidate_is_rejected_not_kept_free(ml100k, index
 @pytest.fixture(scope="module")
 def small_gguf():
     pytest.importorskip("llama_cpp")
-    from slim.weights import student_gguf_path
+    from slim.lm.weights import student_gguf_path
 
     try:
         return str(student_gguf_path())
@@ -137,8 +137,8 @@ def test_teach_server_grounds_step3_by_the_numbered_list_and_resumes(small_gguf,
 
 def test_reason_openai_engine_takes_the_numbered_list_path(small_gguf, tmp_path, ml100k):
     """The distilled student served like vLLM serves it (base model + LoRA as a named model)."""
-    from slim.artifacts import REPO_ROOT, student_adapter
-    from slim.reasoners import LlamaCppServer
+    from slim.artifacts.layout import REPO_ROOT, student_adapter
+    from slim.lm.reasoners import LlamaCppServer
     from slim_train.__main__ import main
 
     adapter = REPO_ROOT / student_adapter("ml-100k")

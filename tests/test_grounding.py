@@ -1,4 +1,4 @@
-"""Catalogue-grounded Step 3 (slim.grounding) and the domain-aware prompts, with the real small model.
+"""Catalogue-grounded Step 3 (slim.lm.grounding) and the domain-aware prompts, with the real small model.
 
 The grammar path runs SmolLM2-135M in llama.cpp on real ML-100K users: every Step-3 item must be a
 catalogue item of the shortlist, none from the history, all distinct, and recorded as item ids.
@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slim.grounding import (CandidateIndex, GroundingConfig, display_title, match_candidate, snap_to_candidates,
+from slim.lm.grounding import (CandidateIndex, GroundingConfig, display_title, match_candidate, snap_to_candidates,
                             title_grammar)
-from slim.prompts import domain_for, parse_steps, step3_items, student_messages, teacher_messages
+from slim.lm.prompts import domain_for, parse_steps, step3_items, student_messages, teacher_messages
 
 
 def test_display_title_moves_trailing_articles_to_the_front():
@@ -44,8 +44,8 @@ def test_a_title_that_looks_like_an_instruction_stays_one_literal_of_the_grammar
 
 
 def test_grammar_bound_completion_writes_exactly_one_of_the_titles(student):
-    from slim.prompts import student_messages
-    from slim.reasoners import GenerationParams
+    from slim.lm.prompts import student_messages
+    from slim.lm.reasoners import GenerationParams
 
     gen = student.complete(student_messages(["Heat"]), "Step 3:\n1. ", GenerationParams(max_tokens=40),
                            stop=["\n"], grammar=title_grammar(EVIL_TITLES), reset=True)
@@ -69,8 +69,8 @@ def test_snapping_an_endpoint_answer_to_the_numbered_shortlist():
 @pytest.fixture(scope="module")
 def student():
     pytest.importorskip("llama_cpp")
-    from slim.reasoners import LlamaCppReasoner
-    from slim.weights import student_gguf_path
+    from slim.lm.reasoners import LlamaCppReasoner
+    from slim.lm.weights import student_gguf_path
 
     try:
         path = student_gguf_path()
@@ -80,10 +80,10 @@ def student():
 
 
 def test_grounded_rows_name_k_distinct_new_catalogue_items(student, ml100k):
-    from slim.encoders import TextEncoder, item_text_matrix
-    from slim.reasoners import GenerationParams
-    from slim.prompts import prompt_builder as prompt_fn
-    from slim.rationales import grounded_row
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.reasoners import GenerationParams
+    from slim.lm.prompts import prompt_builder as prompt_fn
+    from slim.lm.rationales import grounded_row
 
     cfg = GroundingConfig(k=3, n_candidates=20)
     index = CandidateIndex.for_dataset(ml100k, item_text_matrix(ml100k, TextEncoder()))

@@ -1,4 +1,4 @@
-"""Hostile input against slim.uploads and DemoService.resolve: bounded before matching, typed, and
+"""Hostile input against slim.demo.uploads and DemoService.resolve: bounded before matching, typed, and
 answered with a short message naming the problem and the fix (never a traceback, never user text in full).
 
 The same inputs go through the real app in tests/test_hostile_app.py (gradio_client and the browser).
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slim.uploads import (MAX_ROWS, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_picks,
+from slim.demo.uploads import (MAX_ROWS, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_picks,
                           history_from_text, history_from_titles)
 
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Usual Suspects, The", "Star Wars", "Fargo", "Godfather, The",
@@ -197,7 +197,7 @@ def test_a_dict_is_read_like_a_json_upload(cat):
 # ---- the service's API resolution ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def service(ml100k, data_dir, tmp_path_factory):
-    from slim.demo import DemoService
+    from slim.demo.service import DemoService
 
     return DemoService(root=tmp_path_factory.mktemp("hostile-root"), data_dir=data_dir)
 

@@ -1,4 +1,4 @@
-"""slim.metrics: hand-computed ranks (ties included), torchmetrics cross-check, chance level."""
+"""slim.eval.metrics: hand-computed ranks (ties included), torchmetrics cross-check, chance level."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from slim.metrics import (
+from slim.eval.metrics import (
     compute_ranks,
     evaluate,
     item_popularity,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slim.prompts import (format_history, parse_steps, prompt_hash, sanitize_title, step3_items,
+from slim.lm.prompts import (format_history, parse_steps, prompt_hash, sanitize_title, step3_items,
                           student_messages, teacher_messages)
-from slim.rationales import prompt_for
+from slim.lm.rationales import prompt_for
 
 
 def test_teacher_prompt_has_three_steps_and_history_in_order():

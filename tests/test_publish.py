@@ -162,7 +162,7 @@ def adapter_and_teacher(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slim.student import student_hf_path
+    from slim.student.hf_model import student_hf_path
 
     root = tmp_path_factory.mktemp("pub")
     adapter = root / "adapter"
@@ -267,7 +267,7 @@ def test_shipped_adapter_publishes_with_the_shipped_teacher_file(tmp_path, capsy
     ``valid`` ones. Keyed by user alone, the ``test`` row overwrote the ``valid`` one and publish refused."""
     import pandas as pd
 
-    from slim.data import REPO_ROOT
+    from slim.data.dataset import REPO_ROOT
 
     adapter = REPO_ROOT / "assets" / "student"
     teacher = REPO_ROOT / "assets" / "rationales" / "ml-100k" / "teacher.jsonl"

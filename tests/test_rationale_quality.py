@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from slim.rationale_quality import CatalogueMatcher, agreement, intrinsic_quality, quality_report
+from slim.lm.rationale_quality import CatalogueMatcher, agreement, intrinsic_quality, quality_report
 
 
 def _row(ds, u, split, text, steps):
@@ -70,9 +70,9 @@ def test_quality_report_pairs_users_and_excludes_training_users(ml100k, tmp_path
 
 def test_zero_shot_ranking_rewards_a_rationale_that_names_the_target(ml100k, tmp_path):
     """Real MiniLM and real negatives: naming the held-out item beats an off-topic text, with no training."""
-    from slim.encoders import TextEncoder, item_text_matrix
-    from slim.metrics import sampled_negatives
-    from slim.rationale_quality import zero_shot_ndcg
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.eval.metrics import sampled_negatives
+    from slim.lm.rationale_quality import zero_shot_ndcg
 
     enc = TextEncoder(cache_dir=tmp_path)
     items, negatives = item_text_matrix(ml100k, enc), sampled_negatives(ml100k, 100, 0, cache_dir=tmp_path)
@@ -89,9 +89,9 @@ def test_zero_shot_ranking_rewards_a_rationale_that_names_the_target(ml100k, tmp
 
 
 def test_history_baseline_ranks_the_same_rows_from_the_titles_the_rationale_read(ml100k, tmp_path):
-    from slim.encoders import TextEncoder, item_text_matrix
-    from slim.metrics import sampled_negatives
-    from slim.rationale_quality import history_zero_shot_ndcg, quality_report
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.eval.metrics import sampled_negatives
+    from slim.lm.rationale_quality import history_zero_shot_ndcg, quality_report
 
     enc = TextEncoder(cache_dir=tmp_path)
     items, negatives = item_text_matrix(ml100k, enc), sampled_negatives(ml100k, 100, 0, cache_dir=tmp_path)

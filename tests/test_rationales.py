@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slim.rationales import RationaleStore
+from slim.lm.rationales import RationaleStore
 
 ROW = {"split": "valid", "status": "ok", "rationale": "Step 1: a\nStep 2: b\nStep 3: c"}
 
@@ -39,11 +39,11 @@ def test_torn_last_line_is_dropped_and_overwritten(tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from slim.data import load_dataset
-    from slim.prompts import student_messages
-    from slim.rationales import RationaleStore, write_rationales
-    from slim.reasoners import GenerationParams, LlamaCppReasoner
-    from slim.weights import student_gguf_path
+    from slim.data.dataset import load_dataset
+    from slim.lm.prompts import student_messages
+    from slim.lm.rationales import RationaleStore, write_rationales
+    from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+    from slim.lm.weights import student_gguf_path
     ds = load_dataset("ml-100k")
     store = RationaleStore(sys.argv[1])
     r = LlamaCppReasoner(student_gguf_path(), n_threads=1, n_ctx=1024)
@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_kill_9_then_resume_never_duplicates(tmp_path, ml100k):
     pytest.importorskip("llama_cpp")
-    from slim.weights import student_gguf_path
+    from slim.lm.weights import student_gguf_path
     try:
         student_gguf_path()
     except FileNotFoundError as e:
@@ -82,9 +82,9 @@ def test_kill_9_then_resume_never_duplicates(tmp_path, ml100k):
 
 
 def test_dead_endpoint_stops_after_a_few_errors(tmp_path, ml100k):
-    from slim.prompts import student_messages
-    from slim.rationales import EndpointDown, write_rationales
-    from slim.reasoners import GenerationParams, OpenAIChatReasoner
+    from slim.lm.prompts import student_messages
+    from slim.lm.rationales import EndpointDown, write_rationales
+    from slim.lm.reasoners import GenerationParams, OpenAIChatReasoner
 
     store = RationaleStore(tmp_path / "t.jsonl")
     dead = OpenAIChatReasoner("http://127.0.0.1:9/v1", "nobody", max_retries=0, timeout=2)

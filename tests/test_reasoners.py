@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from slim.prompts import student_messages, teacher_messages
-from slim.reasoners import GenerationParams, LlamaCppReasoner, LlamaCppServer, OpenAIChatReasoner
-from slim.weights import student_gguf_path
+from slim.lm.prompts import student_messages, teacher_messages
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner, LlamaCppServer, OpenAIChatReasoner
+from slim.lm.weights import student_gguf_path
 
 PARAMS = GenerationParams(max_tokens=24)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from slim.encoders import TextEncoder, item_text_matrix
-from slim.metrics import evaluate
+from slim.lm.encoders import TextEncoder, item_text_matrix
+from slim.eval.metrics import evaluate
 from slim.recommenders import BACKBONES, build_model
 from slim.recommenders import train as train_mod
 from slim.recommenders.train import FitConfig, fit, history_matrix, load_fitted, training_arrays
@@ -226,7 +226,7 @@ def _item_texts(ds) -> list:
 
 def _same_texts(vectors, ds, values=None, texts=None):
     """TextVectors with the provenance of ``vectors`` (same encoder, ``texts``) but other ``values``."""
-    from slim.encoders import TextVectors
+    from slim.lm.encoders import TextVectors
 
     return TextVectors(np.asarray(vectors) if values is None else values, vectors.provenance["encoder"],
                        _item_texts(ds) if texts is None else texts)
@@ -269,7 +269,7 @@ def test_a_changed_item_title_is_refused_naming_the_item_row(small, item_text, t
 
 def test_vectors_moved_beyond_the_tolerance_are_refused_by_the_probe(small, item_text, text_fit):
     """Same texts, same encoder name, but the numbers moved (another encoder build): refused, not reused."""
-    from slim.artifacts import PROBE_ATOL
+    from slim.artifacts.layout import PROBE_ATOL
 
     cfg, root, fm = text_fit
     moved_values = np.asarray(item_text).copy()
@@ -283,7 +283,7 @@ def test_vectors_moved_beyond_the_tolerance_are_refused_by_the_probe(small, item
 
 def test_a_changed_rationale_is_refused_naming_the_split_and_the_user(small, item_text, tmp_path):
     """Real rationale file -> slim_eval.inputs.user_text (MiniLM) -> a match fit; one user's valid text edited."""
-    from slim.encoders import TextEncoder
+    from slim.lm.encoders import TextEncoder
     from slim_eval.inputs import user_text as encode_rationales
 
     rows = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slim.artifacts import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
+from slim.artifacts.layout import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
 from slim_eval.report import (REPORT_METRICS, combined_table1, compute_rows, improvement, regenerate,
@@ -230,7 +230,7 @@ def _write_rationales(path: Path, user_ids, coverage: float) -> None:
 def test_rationale_variants_fit_and_low_coverage_is_refused(first_run, tmp_path, capsys, data_dir):
     import shutil
 
-    from slim.data import load_dataset, sample_users
+    from slim.data.dataset import load_dataset, sample_users
 
     ds = load_dataset("ml-100k")
     ids = ds.user_ids[sample_users(ds, 60, seed=0)]
@@ -253,7 +253,7 @@ def test_a_second_sample_reads_another_runs_rationales(first_run, tmp_path, caps
     """``--rationales-from``: own checkpoints and report, shared rationale files; regenerate keeps it."""
     import shutil
 
-    from slim.data import load_dataset, sample_users
+    from slim.data.dataset import load_dataset, sample_users
 
     ds = load_dataset("ml-100k")
     shared = tmp_path / "shared"
@@ -358,7 +358,7 @@ def test_layout_paths():
 
 def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
     """--rationales: no fitting; one table over rationales/*.jsonl, student compared with teacher."""
-    from slim.data import load_dataset
+    from slim.data.dataset import load_dataset
 
     ds = load_dataset("ml-100k")
     lay = RunLayout(tmp_path / "rq")
@@ -421,7 +421,7 @@ def test_missing_rationales_command_names_the_student_and_the_sample():
 def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
     """The interval is around the same Improv. the tables print; a SLIM row equal to its best baseline
     is never "better", and one that wins on every user always is."""
-    from slim.metrics import rank_metrics
+    from slim.eval.metrics import rank_metrics
     from slim_eval.report import improvement_interval, improvement_table
 
     layout, rng, users = RunLayout(tmp_path), np.random.default_rng(0), np.arange(400).astype(str)
@@ -448,7 +448,7 @@ def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
 
 def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
     """SLIM / SLIM- - 1 gets the same paired bootstrap as Improv.; no teacher row, no table."""
-    from slim.metrics import rank_metrics
+    from slim.eval.metrics import rank_metrics
     from slim_eval.report import ratio_interval, slim_vs_teacher_interval_table
 
     layout, rng, users = RunLayout(tmp_path), np.random.default_rng(1), np.arange(300).astype(str)
@@ -470,7 +470,7 @@ def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
 
 def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
     """Users whose student rationale was rejected are measured apart: how much of the gap they explain."""
-    from slim.rationales import RationaleStore
+    from slim.lm.rationales import RationaleStore
     from slim_eval.report import gain_by_rationale_table
 
     layout, users = RunLayout(tmp_path), np.arange(10).astype(str)
@@ -524,7 +524,7 @@ def test_shipped_rationales_are_read_when_the_run_has_none(first_run, tmp_path, 
 def test_a_fresh_run_knows_the_shipped_students_training_users(tmp_path):
     """Without its own distill/, a run reads the shipped student's metrics (the one that wrote the
     shipped rationales), so held-out measures still leave its training users out."""
-    from slim.artifacts import REPO_ROOT, RunLayout
+    from slim.artifacts.layout import REPO_ROOT, RunLayout
     from slim_eval.pipeline import distilled_users
 
     layout = RunLayout.for_dataset("ml-100k", out=tmp_path)

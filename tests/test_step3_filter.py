@@ -1,8 +1,8 @@
-"""Step-3 post-filter (slim.step3_filter) on real ML-100K users and titles."""
+"""Step-3 post-filter (slim.lm.step3_filter) on real ML-100K users and titles."""
 from __future__ import annotations
 
-from slim.rationale_quality import CatalogueMatcher
-from slim.step3_filter import clean_steps, filter_step3
+from slim.lm.rationale_quality import CatalogueMatcher
+from slim.lm.step3_filter import clean_steps, filter_step3
 from slim_eval.inputs import _texts_for
 from slim_eval.variants import run_name, spec
 

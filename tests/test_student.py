@@ -1,5 +1,5 @@
 """The student's two inference paths agree: transformers (+peft) on the converted folder, and
-llama.cpp on the GGUF (+ the adapter converted by slim.gguf_lora). Real models, greedy decoding.
+llama.cpp on the GGUF (+ the adapter converted by slim.student.gguf_lora). Real models, greedy decoding.
 
 "Agree" = identical greedy text, or texts identical up to a step where the reference's two best
 logits are within TIE (then either token is a correct greedy choice: llama.cpp quantises
@@ -22,10 +22,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("llama_cpp")
 pytest.importorskip("peft")
 
-from slim.prompts import student_messages  # noqa: E402
-from slim.reasoners import GenerationParams, LlamaCppReasoner, TransformersReasoner  # noqa: E402
-from slim.student import PROVENANCE_FILE, _expected_provenance, _matches, student_hf_path  # noqa: E402
-from slim.weights import student_gguf_path  # noqa: E402
+from slim.lm.prompts import student_messages  # noqa: E402
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner, TransformersReasoner  # noqa: E402
+from slim.student.hf_model import PROVENANCE_FILE, _expected_provenance, _matches, student_hf_path  # noqa: E402
+from slim.lm.weights import student_gguf_path  # noqa: E402
 
 PARAMS = GenerationParams(max_tokens=40)
 TIE = 0.25
@@ -117,7 +117,7 @@ def test_llama_cpp_with_gguf_lora_reproduces_transformers_with_peft(base, prompt
 def test_merged_gguf_reproduces_peft_and_survives_quantisation(base, prompts, tiny_adapter, tmp_path):
     """`slim_train merge`: LoRA merged into the weights. Unquantised (f32) it is the reference model;
     re-quantised to q8_0 it still writes the learned format (its drift is measured in bench/)."""
-    from slim.gguf_merged import merged_gguf, quantize_gguf
+    from slim.student.gguf_merged import merged_gguf, quantize_gguf
 
     f32 = merged_gguf(tiny_adapter, base, tmp_path / "merged-f32.gguf", "f32")
     assert_same_greedy(TransformersReasoner(base, adapter_path=tiny_adapter, batch_size=1),
@@ -137,7 +137,7 @@ def test_a_student_distilled_on_the_grounded_prompt_is_prompted_and_decoded_that
     import shutil
 
     pytest.importorskip("llama_cpp")
-    from slim.artifacts import REPO_ROOT, adapter_prompt
+    from slim.artifacts.layout import REPO_ROOT, adapter_prompt
     from slim_train.__main__ import main
 
     grounded = tmp_path / "grounded"

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from slim.reasoners import GenerationParams
-from slim.weights import student_gguf_path
+from slim.lm.reasoners import GenerationParams
+from slim.lm.weights import student_gguf_path
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_local_teacher_defaults_to_the_servers_implicit_penalty(small_gguf, tmp_
 
 
 def test_eval_users_is_the_sample_slim_eval_evaluates(small_gguf, tmp_path, ml100k):
-    from slim.data import sample_users
+    from slim.data.dataset import sample_users
 
     rows = teach(tmp_path, small_gguf, "--workers", "1", "--eval-users", "2", "--splits", "valid",
                  "--max-tokens", "8", users=None)
@@ -76,7 +76,7 @@ def test_eval_users_is_the_sample_slim_eval_evaluates(small_gguf, tmp_path, ml10
 
 
 def test_rows_an_endpoint_failed_on_are_retried(small_gguf, tmp_path, ml100k):
-    from slim.rationales import RationaleStore
+    from slim.lm.rationales import RationaleStore
     from slim_train.teach import user_order
 
     user = int(user_order(ml100k.n_users, 1, 0)[0])  # what `teach --users 1` visits

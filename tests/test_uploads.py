@@ -1,4 +1,4 @@
-"""slim.uploads: every bad input gets a clear message; good inputs become catalogue items."""
+"""slim.demo.uploads: every bad input gets a clear message; good inputs become catalogue items."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slim.uploads import (
+from slim.demo.uploads import (
     FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_text,
     history_from_titles, normalise_title, write_template,
 )

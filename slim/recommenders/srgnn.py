@@ -8,7 +8,7 @@ alpha_k = q^T sigmoid(W1 v_n + W2 v_k + c), s_g = sum_k alpha_k v_k, s = W3 [s_g
 Layer names and the GNN cell follow RecBole's SRGNN.
 
 Batched and vectorised without building sparse graphs: our datasets contain each item at most
-once per user (``slim.data`` rejects duplicate user-item pairs), so the session graph of a
+once per user (``slim.data.dataset`` rejects duplicate user-item pairs), so the session graph of a
 sequence is a chain and the degree-normalised adjacency is the identity shift. One GNN step then
 reads the previous item (in-edge) and the next item (out-edge) of each node.
 

@@ -5,7 +5,7 @@ Why this shape (Kang & McAuley 2018, section III-E and their code):
   every position predicts the next item, so one pass over the users is one epoch;
 - binary cross-entropy with one sampled negative per position; the negative is never an item of
   the user's train prefix (the valid/test targets are not looked at, so they can be sampled);
-- Adam; early stopping on validation NDCG@10 under the ``full`` protocol (slim.metrics);
+- Adam; early stopping on validation NDCG@10 under the ``full`` protocol (slim.eval.metrics);
 - at test time the model reads seq[:-1] (train prefix + valid item) with the same weights.
 
 Determinism: the model is initialised under ``torch.manual_seed(seed)`` and epoch ``e`` draws its
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slim.artifacts import changed_rows, code_version, probe_mismatch, text_inputs_key, vector_probe
-from slim.data import SequentialDataset, Split
-from slim.metrics import dataset_fingerprint, evaluate
+from slim.artifacts.layout import changed_rows, code_version, probe_mismatch, text_inputs_key, vector_probe
+from slim.data.dataset import SequentialDataset, Split
+from slim.eval.metrics import dataset_fingerprint, evaluate
 from slim.recommenders import BACKBONES, USER_TEXT_VARIANTS, VARIANTS, build_model
 
 FORMAT_VERSION = 2  # 2: text inputs keyed by their texts + encoder, not by the vectors' bytes
@@ -97,7 +97,7 @@ class FitConfig:
 
 @dataclass
 class FittedModel:
-    """A trained model bound to its dataset and text inputs; ``score`` is a slim.metrics score_fn."""
+    """A trained model bound to its dataset and text inputs; ``score`` is a slim.eval.metrics score_fn."""
 
     model: nn.Module
     dataset: SequentialDataset

@@ -20,7 +20,7 @@ taken when its score is >= ``FUZZY_THRESHOLD`` (88 of 100: typos and word order 
 not become "Star Wars"). Unmatched rows are dropped with a reason, never guessed.
 
 Prompt injection: only *catalogue* titles of matched items ever reach a prompt (the visitor's text
-is used for lookup only), and ``slim.prompts`` sanitises and fences titles as data on top of that.
+is used for lookup only), and ``slim.lm.prompts`` sanitises and fences titles as data on top of that.
 A row like "Ignore previous instructions..." simply fails to match and is listed as dropped.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from .prompts import DEFAULT_MAX_HISTORY
+from slim.lm.prompts import DEFAULT_MAX_HISTORY
 
 # Bounds, the same for every input path (file, paste, picks, API), checked BEFORE any matching:
 # fuzzy matching costs ~0.3 ms per unknown title on 2 cores (50,000 unknown pasted lines took 14.7 s)

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .prompts import sanitize_title
+from slim.lm.prompts import sanitize_title
 
 _ARTICLE = re.compile(r"^(?P<body>.+?), (?P<article>The|A|An|Il|La|Le|Les|L'|El|Los|Las|Das|Der|Die)"
                       r"(?P<tail>\s*\(.*\))?$")
@@ -205,7 +205,7 @@ def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float 
     titles are "Heat", "Fargo" and "Sabrina"'), else is itself a title, else its comma-separated parts
     are. A number outside the list, or a name that matches no candidate, snaps to nothing.
     """
-    from .prompts import step3_items
+    from slim.lm.prompts import step3_items
 
     chosen: list[int] = []
 
@@ -259,7 +259,7 @@ def number_the_candidates(messages, titles: Sequence[str], k: int):
 
     A copy; raises if the prompt shows no such block (the candidates must be the ones snapped to).
     """
-    from .prompts import format_candidates, sanitize_title
+    from slim.lm.prompts import format_candidates, sanitize_title
 
     block = format_candidates(titles)
     numbered = "<candidates>\n" + numbered_list([sanitize_title(t) for t in titles]) + "\n</candidates>"
@@ -282,7 +282,7 @@ _STEP3_MARK = ("Step 3", "**Step 3", "### Step 3")
 
 def split_step3(text: str) -> tuple[str, str] | None:
     """``(everything before Step 3, Step 3's text)`` at the first Step-3 mark parse_steps would use."""
-    from .prompts import _STEP_RE
+    from slim.lm.prompts import _STEP_RE
 
     mark = next((m for m in _STEP_RE.finditer(text) if m.group(1) == "3"), None)
     if mark is None:
@@ -303,7 +303,7 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
     LlamaCppReasoner). Each pick's grammar holds the candidates not picked yet, so the K items are
     distinct; the answer text reads ``Step 3:\\n1. <title>\\n2. ...`` like a free one.
     """
-    from .reasoners import Generation, GenerationParams
+    from slim.lm.reasoners import Generation, GenerationParams
 
     head = reasoner.complete(messages, "", params, stop=list(_STEP3_MARK), reset=True)
     if head.error:

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 import torch
 
-from slim.data import REPO_ROOT, SequentialDataset, Split
+from slim.data.dataset import REPO_ROOT, SequentialDataset, Split
 
 Protocol = Literal["full", "sampled"]
 ScoreFn = Callable[[torch.Tensor, str], torch.Tensor]

@@ -6,7 +6,7 @@ tests and the benchmarks exercise one code path.
 What a request does (:meth:`DemoService.run`):
 
 1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
-   test split of ``slim.data``) or a custom history (``slim.uploads``: matched catalogue titles).
+   test split of ``slim.data.dataset``) or a custom history (``slim.demo.uploads``: matched catalogue titles).
 2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
    newest distilled LoRA, ``slim.artifacts.live_student_adapter``) always runs live. The teacher
    column shows the cached teacher rationale for dataset users when a teacher run wrote one
@@ -55,17 +55,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import REPORTED_USER_SAMPLES, adapter_prompt, live_student_adapter
-from .data import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir, sample_users
-from .prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
-from .reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
-from .uploads import (Catalogue, History, UploadError, check_text, history_from_file,
+from slim.artifacts.layout import REPORTED_USER_SAMPLES, adapter_prompt, live_student_adapter
+from slim.data.dataset import REPO_ROOT, SequentialDataset, load_dataset, resolve_data_dir, sample_users
+from slim.lm.prompts import _STEP_RE, parse_steps, prompt_builder, prompt_hash, student_messages
+from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams
+from slim.demo.uploads import (Catalogue, History, UploadError, check_text, history_from_file,
                       history_from_picks, history_from_text, history_from_titles, loads_json, shown)
 
 PAPER_URL = "https://arxiv.org/abs/2403.04260"
 DEFAULT_DATASET = "ml-100k"
 OPTIONAL_DATASETS = ("amazon-video-games", "amazon-industrial-scientific")  # offered when their files exist
-# the raw files each loader of slim.data reads (ML-100K is downloaded from GroupLens when absent;
+# the raw files each loader of slim.data.dataset reads (ML-100K is downloaded from GroupLens when absent;
 # there is no downloader for the Amazon sets: their files are placed under <data dir>/<name>/raw)
 RAW_FILES = {
     "ml-100k": ("ml-100k.inter", "ml-100k.item"),
@@ -186,7 +186,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def rationale_text(text: str) -> str:
     """The text encoded as the user's rationale vector, built exactly as for the fitted models."""
-    from .rationales import rationale_text as row_text
+    from slim.lm.rationales import rationale_text as row_text
 
     parsed = parse_steps(text)
     return row_text({"status": "ok", "steps": parsed.steps, "rationale": text}) or ""
@@ -237,10 +237,10 @@ def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarra
     """
     from safetensors.torch import load_file
 
-    from .metrics import dataset_fingerprint
-    from .recommenders import build_model
-    from .artifacts import text_inputs_key
-    from .recommenders.train import text_inputs_check
+    from slim.eval.metrics import dataset_fingerprint
+    from slim.recommenders import build_model
+    from slim.artifacts.layout import text_inputs_key
+    from slim.recommenders.train import text_inputs_check
 
     key = ck.record["key"]
     if isinstance(key.get("item_text"), str) and not key["item_text"].startswith("rounded:"):
@@ -314,7 +314,7 @@ class Update:
 def local_teacher_installed() -> bool:
     """The local teacher GGUF is assembled in the cache, or all its part packages are installed
     (``python -m slim_train models --teacher`` does both); nothing is installed or read here."""
-    from .weights import CACHE_DIR, TEACHER_GGUF
+    from slim.lm.weights import CACHE_DIR, TEACHER_GGUF
 
     out = CACHE_DIR / TEACHER_GGUF.name
     if out.exists() and (not TEACHER_GGUF.size or out.stat().st_size == TEACHER_GGUF.size):
@@ -355,7 +355,7 @@ class _StreamedSteps:
 def _stream_head(reasoner, messages, params, stop, on_delta):
     """``LlamaCppReasoner.complete(messages, "", params, stop=stop, reset=True)``, streamed: the same
     rendered chat prompt and decoding, each new piece passed to ``on_delta``."""
-    from .reasoners import Generation, _penalty
+    from slim.lm.reasoners import Generation, _penalty
 
     llm = reasoner._llm
     rendered = reasoner._chat_formatter()(messages=messages)
@@ -571,8 +571,8 @@ class DemoService:
         adapter = self.adapter_path(name)
         with self._lock:
             if str(adapter) not in self._students:
-                from .reasoners import LlamaCppReasoner
-                from .weights import student_gguf_path
+                from slim.lm.reasoners import LlamaCppReasoner
+                from slim.lm.weights import student_gguf_path
 
                 lora = adapter if adapter.exists() else None
                 label = (f"SmolLM2-135M-Instruct + SLIM LoRA {_rel(adapter, self.root)}" if lora
@@ -598,7 +598,7 @@ class DemoService:
         if os.environ.get("SLIM_TEACHER_GGUF"):  # another GGUF in the teacher's place (tests: the small SmolLM2)
             return "local", os.environ["SLIM_TEACHER_GGUF"]
         if local == "1" or local_teacher_installed():
-            from .weights import CACHE_DIR, TEACHER_GGUF
+            from slim.lm.weights import CACHE_DIR, TEACHER_GGUF
 
             return "local", str(CACHE_DIR / TEACHER_GGUF.name)
         return None
@@ -617,14 +617,14 @@ class DemoService:
                 source = self.teacher_source()
                 try:
                     if source and source[0] == "endpoint":
-                        from .reasoners import OpenAIChatReasoner
+                        from slim.lm.reasoners import OpenAIChatReasoner
 
                         model = os.environ.get("SLIM_TEACHER_MODEL", "gpt-4o-mini")
                         self._teacher = OpenAIChatReasoner(os.environ["SLIM_TEACHER_BASE_URL"], model,
                                                            timeout=120, max_retries=1)
                     elif source:
-                        from .reasoners import LlamaCppReasoner
-                        from .weights import teacher_gguf_path
+                        from slim.lm.reasoners import LlamaCppReasoner
+                        from slim.lm.weights import teacher_gguf_path
 
                         # its own thread(s), beside the student's: see the module docstring
                         threads = int(os.environ.get("SLIM_TEACHER_THREADS", str(self.n_threads)))
@@ -643,7 +643,7 @@ class DemoService:
     def encoder(self):
         with self._lock:
             if self._encoder is None:
-                from .encoders import TextEncoder
+                from slim.lm.encoders import TextEncoder
 
                 self._encoder = TextEncoder()
             return self._encoder
@@ -652,7 +652,7 @@ class DemoService:
         ds = self.dataset(name)
         with self._lock:
             if name not in self._item_text:
-                from .encoders import item_text_matrix
+                from slim.lm.encoders import item_text_matrix
 
                 self._item_text[name] = item_text_matrix(ds, self.encoder())
             return self._item_text[name]
@@ -663,7 +663,7 @@ class DemoService:
         vectors = self.item_text(name)
         with self._lock:
             if name not in self._candidates:
-                from .grounding import CandidateIndex
+                from slim.lm.grounding import CandidateIndex
 
                 self._candidates[name] = CandidateIndex.for_dataset(ds, vectors)
             return self._candidates[name]
@@ -672,7 +672,7 @@ class DemoService:
         """The shortlist for this request's history: the catalogue the history was matched against, the
         items nearest its recent ones (+ the popularity prior), none of the history (for a dataset user
         the whole history, not only the prompt's last 20), never the held-out item's identity."""
-        from .grounding import GroundingConfig
+        from slim.lm.grounding import GroundingConfig
 
         cfg = GroundingConfig()
         index = self.candidate_index(req.dataset)
@@ -727,7 +727,7 @@ class DemoService:
         A grounded row (domain-aware prompt, Step 3 chosen from the catalogue) wins over a plain one even
         when it was written one item earlier: the plain teacher's Step 3 names books and films the
         catalogue does not have, which is not what the Space should show beside the student."""
-        from .rationales import RationaleStore
+        from slim.lm.rationales import RationaleStore
 
         dirs = [d / "rationales" for d in self.run_dirs(name)]
         dirs.insert(1, self.root / "assets" / "rationales" / name)  # shipped with the Space
@@ -794,7 +794,7 @@ class DemoService:
 
     @staticmethod
     def _grounded(reasoner, messages, params, g: Grounding, col: Column, on_delta, emit) -> None:
-        from .grounding import STEP3_HEADER, grounded_generation
+        from slim.lm.grounding import STEP3_HEADER, grounded_generation
 
         state = {"items": 0}
 
@@ -943,7 +943,7 @@ class DemoService:
         cks = self.checkpoints(req.dataset)
         out: list[Ranked] = []
         if req.is_dataset_user:
-            from .recommenders.train import history_matrix
+            from slim.recommenders.train import history_matrix
 
             def backbone_scores(ck: Checkpoint, text: np.ndarray | None, user_vec) -> np.ndarray | None:
                 try:

@@ -101,7 +101,7 @@ def format_history(titles: Sequence[str], max_history: int = DEFAULT_MAX_HISTORY
 
 
 def format_candidates(candidates: Sequence[str]) -> str:
-    """The catalogue shortlist Step 3 must choose from (slim.grounding), as data like the history."""
+    """The catalogue shortlist Step 3 must choose from (slim.lm.grounding), as data like the history."""
     lines = [f"- {sanitize_title(t)}" for t in candidates]
     return "<candidates>\n" + "\n".join(lines) + "\n</candidates>"
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .data import SequentialDataset, Split
-from .prompts import Messages, parse_steps, prompt_hash
-from .reasoners import Generation, GenerationParams, Reasoner
+from slim.data.dataset import SequentialDataset, Split
+from slim.lm.prompts import Messages, parse_steps, prompt_hash
+from slim.lm.reasoners import Generation, GenerationParams, Reasoner
 
 PromptFn = Callable[[Sequence[str]], Messages]
 
@@ -158,12 +158,12 @@ def finished_row(reasoner, dataset: SequentialDataset, user: int, split: Split, 
 
 def grounded_row(reasoner, ds, user: int, split: str, prompt, params: GenerationParams, role: str,
                  cfg, index) -> dict:
-    """A row whose Step 3 is K grammar-bound catalogue items (slim.grounding); records them as item ids.
+    """A row whose Step 3 is K grammar-bound catalogue items (slim.lm.grounding); records them as item ids.
 
     The shortlist is computed from the history the prompt shows (never the target), shown in the
     prompt, and enforced by the grammar.
     """
-    from .grounding import grounded_generation
+    from slim.lm.grounding import grounded_generation
 
     shortlist, titles = grounding_shortlist(ds, user, split, cfg, index)
     messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
@@ -180,8 +180,8 @@ def grounding_shortlist(ds, user: int, split: str, cfg, index) -> tuple[list[int
 
 
 def numbered_list_prompt(ds, user: int, split: str, prompt, cfg, titles: Sequence[str]) -> Messages:
-    """The endpoint path's prompt: the grounded prompt, its shortlist numbered (slim.grounding)."""
-    from .grounding import number_the_candidates
+    """The endpoint path's prompt: the grounded prompt, its shortlist numbered (slim.lm.grounding)."""
+    from slim.lm.grounding import number_the_candidates
 
     return number_the_candidates(prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k), titles, cfg.k)
 
@@ -203,7 +203,7 @@ def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Genera
     student a format its grammar-bound inference never produces. A Step 3 that snaps to no candidate
     makes the row ``rejected`` (its Step 3 names no catalogue item), not a row with a free Step 3.
     """
-    from .grounding import snap_to_candidates, split_step3, with_step3
+    from slim.lm.grounding import snap_to_candidates, split_step3, with_step3
 
     parts = None if gen.error else split_step3(gen.text)
     picked = snap_to_candidates(parts[1], titles, cfg.k) if parts else []

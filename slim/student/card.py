@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .prompts import STUDENT_INSTRUCTION, TEACHER_INSTRUCTION, TEACHER_SYSTEM, format_history
+from slim.lm.prompts import STUDENT_INSTRUCTION, TEACHER_INSTRUCTION, TEACHER_SYSTEM, format_history
 
 LICENSE = "apache-2.0"  # SmolLM2 and the Qwen2.5-Coder teacher are Apache-2.0
 
@@ -124,7 +124,7 @@ model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}")
 ```
 
 For llama.cpp, convert the adapter with `convert_lora_to_gguf.py` and pass it as `lora_path`
-(SLIM-Rec does this in `slim.gguf_lora`). Decode greedily for reproducible rationales.
+(SLIM-Rec does this in `slim.student.gguf_lora`). Decode greedily for reproducible rationales.
 
 ## Intended use
 

@@ -6,11 +6,11 @@ the chain inspectable on its own:
 * format compliance: share of rows whose text parses into the 3 steps;
 * groundedness: share of Step-3 item names that exist in the catalogue (fuzzy title match);
 * repeat rate: share of grounded Step-3 items that are already in the user's history; rows of a
-  catalogue-grounded Step 3 (``slim.grounding``) carry their items as ids (``step3_items``), which
+  catalogue-grounded Step 3 (``slim.lm.grounding``) carry their items as ids (``step3_items``), which
   are read as they are (in the catalogue, new and distinct by construction: the measures check it);
 * Step-3 diversity over users: distinct items / items named, and the share of the three most named
   items (a grammar over a catalogue can funnel every user into the same few titles);
-* after the Step-3 post-filter (``slim.step3_filter``): distinct new catalogue items left per
+* after the Step-3 post-filter (``slim.lm.step3_filter``): distinct new catalogue items left per
   rationale, and the share of rationales left with none;
 * target hit: the held-out next item named in Step 3 (title match), or its genre/category named
   in Step 2 (where the dataset has one);
@@ -39,8 +39,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import SequentialDataset
-from .prompts import step3_items
+from slim.data.dataset import SequentialDataset
+from slim.lm.prompts import step3_items
 
 GROUND_THRESHOLD = 90.0  # rapidfuzz WRatio: tolerant to case/punctuation/article order, not to other titles
 
@@ -93,7 +93,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
     matcher = matcher or CatalogueMatcher(dataset)
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
-    n_kept = n_empty = 0  # what slim.step3_filter keeps: distinct catalogue items not in the history
+    n_kept = n_empty = 0  # what slim.lm.step3_filter keeps: distinct catalogue items not in the history
     n_dup, named_items = 0, []  # repeats within one Step 3; every catalogue item named, over users
     n_grounded_rows = 0
     for r in rows:
@@ -185,8 +185,8 @@ def _zero_shot(dataset: SequentialDataset, rows: list[dict], user_vector, item_v
     ``user_vector(rows)`` . item text; :func:`slim.metrics.compute_ranks` ranks them, as every report does."""
     import torch
 
-    from .metrics import compute_ranks, user_metric
-    from .rationales import rationale_text
+    from slim.eval.metrics import compute_ranks, user_metric
+    from slim.lm.rationales import rationale_text
 
     index = {str(u): i for i, u in enumerate(dataset.user_ids)}  # ids, not user_idx: samples re-index
     rows = [r for r in rows if rationale_text(r)]
@@ -208,7 +208,7 @@ def _zero_shot(dataset: SequentialDataset, rows: list[dict], user_vector, item_v
 def zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], encoder, item_vectors: np.ndarray,
                    negatives: np.ndarray, k: int = 10) -> float | None:
     """Mean NDCG@k of the target among [target, *negatives[u]] by cosine(rationale, item text)."""
-    from .rationales import rationale_text
+    from slim.lm.rationales import rationale_text
 
     return _zero_shot(dataset, rows, lambda ok: encoder.encode([rationale_text(r) for r in ok]),
                       item_vectors, negatives, k)

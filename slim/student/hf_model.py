@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .weights import CACHE_DIR, STUDENT_NAME, student_gguf_path
+from slim.lm.weights import CACHE_DIR, STUDENT_NAME, student_gguf_path
 
 CONVERTER_VERSION = 1  # bump when the conversion itself changes, so caches are rebuilt
 PROVENANCE_FILE = "slim_provenance.json"

@@ -33,7 +33,7 @@ import pandas as pd
 Split = Literal["valid", "test"]
 BUILTIN_DATASETS = ("ml-100k", "amazon-video-games", "amazon-industrial-scientific")
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DataFormatError(ValueError):

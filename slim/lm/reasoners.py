@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
-from .prompts import Messages
+from slim.lm.prompts import Messages
 
 
 @dataclass

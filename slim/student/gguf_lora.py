@@ -23,7 +23,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from .weights import CACHE_DIR
+from slim.lm.weights import CACHE_DIR
 
 SCRIPT = "convert_lora_to_gguf.py"
 _KEEP = re.compile(r"[^/]+\.py|LICENSE|(conversion|gguf-py)/.+")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import SequentialDataset
-from .prompts import step3_items
-from .rationale_quality import CatalogueMatcher
+from slim.data.dataset import SequentialDataset
+from slim.lm.prompts import step3_items
+from slim.lm.rationale_quality import CatalogueMatcher
 
 
 @dataclass

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slim.data import SequentialDataset
+    from slim.data.dataset import SequentialDataset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 

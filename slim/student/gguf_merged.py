@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .gguf_lora import run_converter
+from slim.student.gguf_lora import run_converter
 
 HF_SCRIPT = "convert_hf_to_gguf.py"
 # names accepted by --quant; values are llama.cpp's LLAMA_FTYPE_* constants (looked up at run time)

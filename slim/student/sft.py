@@ -13,7 +13,7 @@ chat at once) keeps training and inference token-identical at the boundary.
 
 Grounded rows (``prompt="grounded"``, rows with ``grounding``): the student prompt names the
 dataset's domain and shows the same candidate shortlist the teacher chose its Step-3 items from,
-recomputed from the same history with the row's recorded ``GroundingConfig`` (slim.grounding), so
+recomputed from the same history with the row's recorded ``GroundingConfig`` (slim.lm.grounding), so
 the student learns to pick among the candidates it will be shown at inference (``reason --step3
 grammar``).
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Sequence
 
-from .prompts import DEFAULT_MAX_HISTORY, Messages, domain_for, student_messages
+from slim.lm.prompts import DEFAULT_MAX_HISTORY, Messages, domain_for, student_messages
 
 IGNORE_INDEX = -100
 
@@ -130,7 +130,7 @@ class ShortlistFor:
     """The grounded student prompt of one dataset: its domain and, per row, the teacher's shortlist."""
 
     def __init__(self, dataset, encoder=None):
-        from .encoders import TextEncoder, item_text_matrix
+        from slim.lm.encoders import TextEncoder, item_text_matrix
 
         self.dataset, self.domain = dataset, domain_for(dataset.name)
         self.vectors = item_text_matrix(dataset, encoder or TextEncoder())
@@ -138,7 +138,7 @@ class ShortlistFor:
 
     def titles(self, row: dict, history) -> tuple[list[str], list[int], int]:
         """(candidate titles in display form, their item ids, k) as the row's grounding config makes them."""
-        from .grounding import CandidateIndex, GroundingConfig
+        from slim.lm.grounding import CandidateIndex, GroundingConfig
 
         conf = {k: v for k, v in row["grounding"].items() if k != "candidates"}
         cfg = GroundingConfig(**conf)

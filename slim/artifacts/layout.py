@@ -6,8 +6,8 @@ One run directory per dataset (default ``runs/<dataset>``)::
     checkpoints/<backbone>-<variant>[-<tag>]-seed<k>-<key hash>/   slim.recommenders.train.fit
     eval/<split>/<backbone>-<variant>[-<tag>]-seed<k>-<protocol>.npz   per-user ranks (slim_eval)
     eval/<split>/_dataset.npz                             item popularity of the evaluated users
-    negatives/                                            sampled-protocol negatives (slim.metrics)
-    text-cache/                                           encoder vectors (slim.encoders)
+    negatives/                                            sampled-protocol negatives (slim.eval.metrics)
+    text-cache/                                           encoder vectors (slim.lm.encoders)
     report.json, report.md, plots/                        slim_eval (test split)
     report-valid.json, report-valid.md                    slim_eval --split valid
 
@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
 
 # The shipped student (LoRA for SmolLM2-135M, relative to the repository root) for each dataset.

@@ -1,0 +1,1 @@
+"""Datasets in one schema, the leave-one-out split and user indices."""

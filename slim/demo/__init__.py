@@ -1,0 +1,1 @@
+"""The Space's service (app.py is its UI): request parsing, uploads, checkpoints, ranking, display."""

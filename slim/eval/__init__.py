@@ -1,0 +1,1 @@
+"""Ranking metrics under the full and sampled protocols, negatives, novelty."""
