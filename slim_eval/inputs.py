@@ -31,8 +31,8 @@ class UserText:
 
 
 def load_rationale_rows(path: Path) -> dict[tuple[str, str], dict]:
-    """(user_id, split) -> row; via slim.rationales.RationaleStore so torn lines are handled once."""
-    from slim.lm.rationales import RationaleStore
+    """(user_id, split) -> row; via RationaleStore, the one reader of rationale files."""
+    from slim.lm.rationale_file import RationaleStore
 
     return RationaleStore(path).rows
 
@@ -63,7 +63,7 @@ def _clean_rows(dataset: SequentialDataset, rows: dict) -> dict[tuple[str, str],
     from slim.lm.step3_filter import clean_steps
 
     matcher = CatalogueMatcher(dataset)
-    index = {str(uid): u for u, uid in enumerate(dataset.user_ids)}
+    index = dataset.user_index
     return {k: clean_steps(row, index[k[0]], dataset, matcher) for k, row in rows.items() if k[0] in index}
 
 

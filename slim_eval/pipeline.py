@@ -351,7 +351,7 @@ def heldout_pairs(files: list[Path], dataset_name: str) -> tuple[list[Path], set
     file is measured on its own training data; a file with no such row (a distillation set) is left out.
     """
     from slim.artifacts.layout import REPO_ROOT, SHIPPED_STUDENTS, read_json
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
     from slim.student.sft import trained_user_ids
 
     trained: set[str] = set()

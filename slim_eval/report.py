@@ -327,7 +327,7 @@ def gain_by_rationale_table(layout: RunLayout, report: dict, metric: str = "NDCG
     Why: a rejected rationale (stopped before Step 3, unparseable, missing) is encoded from raw text
     or zeros; this says how much of the gap such users can explain before anyone repairs them.
     """
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
 
     path = layout.rationales("student")
     if not path.exists():

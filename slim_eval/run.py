@@ -19,6 +19,7 @@ import numpy as np
 
 from slim.artifacts.layout import RunLayout, load_npz, make_record, matches, save_npz
 from slim.data.dataset import SequentialDataset
+from slim.data.split import held_out
 from slim.eval.metrics import compute_ranks, dataset_fingerprint, item_popularity, novelty_metrics, rank_metrics, top_k
 
 N_NEGATIVES, NEGATIVES_SEED, TOPK = 100, 0, 10
@@ -58,7 +59,7 @@ def eval_key(fitted, dataset: SequentialDataset, split: str, protocol: str) -> d
 
 
 def history_lengths(dataset: SequentialDataset, split: str) -> np.ndarray:
-    return dataset.lengths - (2 if split == "valid" else 1)
+    return dataset.lengths - held_out(split)
 
 
 def evaluate_fitted(

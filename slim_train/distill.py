@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
+from slim.lm.rationale_file import read_rows
+
 from .common import add_common, run_dir
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -173,16 +175,6 @@ def select_rows(rows: list[dict], n: int | None, state: dict | None, primary: st
                              "rerun with --restart")
         chosen.append(r)
     return chosen
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn last line of a running teacher
-            rows.append(json.loads(line))
-    return rows
 
 
 def split_examples(examples, fraction: float):
@@ -857,7 +849,7 @@ def main(args: argparse.Namespace) -> None:
     for teacher_file in teacher_files:
         if not teacher_file.exists():
             raise SystemExit(f"{teacher_file} does not exist. Fix: python -m slim_train teach --dataset {args.dataset}")
-        rows += read_jsonl(teacher_file)
+        rows += read_rows(teacher_file)[0]  # file order, as the teacher wrote them
     ok_models = sorted({r.get("model", "?") for r in rows if r.get("status") == "ok"})
     ds = load_dataset(args.dataset, args.data_dir)
     others = sorted({str(r["dataset"]) for r in rows if r.get("dataset") and r["dataset"] != args.dataset})

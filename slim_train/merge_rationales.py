@@ -97,7 +97,7 @@ def output_for(args: argparse.Namespace, rationales_dir: Path, keys: list[tuple[
 
 def merge(rationales_dir: Path, name: str, n: int) -> tuple[Path, int]:
     """Merge the N shards into ``<name>.jsonl``; returns (path, rows). Raises SystemExit listing what is missing."""
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
 
     problems, jobs, order = [], {}, {}
     stores = {}

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from slim.lm.rationale_file import read_rows
+
 from .common import add_common, run_dir
 
 MODEL_FILES = ("adapter_model.safetensors", "adapter_config.json", "adapter.gguf")
@@ -58,7 +60,7 @@ def rationale_rows(metrics: dict, teacher_file: Path | Sequence[Path]) -> list[d
 
     A teacher file holds one row per (user, split): distill trains on the ``valid`` rows, and the
     shipped files also carry each user's ``test`` row. Rows are keyed by (user, split); on a
-    re-written key the last row wins, as in slim.rationales.RationaleStore. A user entry of
+    re-written key the last row wins, as in slim.lm.rationale_file. A user entry of
     metrics.json names no split, so the row is the one whose text has the recorded digest
     (``valid`` first).
     """
@@ -68,13 +70,9 @@ def rationale_rows(metrics: dict, teacher_file: Path | Sequence[Path]) -> list[d
     primary = str(metrics.get("dataset") or "")
     rows: dict[tuple[str, str], dict] = {}
     for path in files:
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    continue  # a torn last line (a crash mid-write) is not a row
-                r = json.loads(line)
-                # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
-                rows[(example_key(r, primary), str(r.get("split", "valid")))] = r
+        for r in read_rows(path)[0]:
+            # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
+            rows[(example_key(r, primary), str(r.get("split", "valid")))] = r
     splits: dict[str, list[str]] = {}
     for uid, split in rows:
         splits.setdefault(uid, []).append(split)

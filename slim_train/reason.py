@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from slim.data.dataset import load_dataset, sample_users
-from slim.lm.rationales import RationaleStore, finished_row, prompt_for, stopped_before_step3
+from slim.lm.rationale_file import RationaleStore, read_rows
+from slim.lm.rationales import finished_row, prompt_for, stopped_before_step3
 from slim.lm.reasoners import GenerationParams
 
 from .common import add_common, run_dir
@@ -209,13 +210,11 @@ def main(args: argparse.Namespace) -> None:
 
 def _select_ids(ds, spec: str) -> np.ndarray:
     """User indices from "1,2,3" or "@rows.jsonl" (its user_id fields); unknown ids are an error."""
-    import json
-
     if spec.startswith("@"):
-        ids = {json.loads(l)["user_id"] for l in Path(spec[1:]).read_text().splitlines() if l.strip()}
+        ids = {str(r["user_id"]) for r in read_rows(spec[1:])[0]}
     else:
         ids = {i.strip() for i in spec.split(",") if i.strip()}
-    index = {str(u): i for i, u in enumerate(ds.user_ids)}
+    index = ds.user_index
     unknown = sorted(ids - index.keys())
     if unknown:
         raise SystemExit(f"--user-ids: {len(unknown)} id(s) not in {ds.name}, e.g. {unknown[:5]}")

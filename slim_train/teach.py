@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from slim.data.dataset import load_dataset, sample_users
-from slim.lm.rationales import RationaleStore, write_rationales
+from slim.lm.rationale_file import RationaleStore
+from slim.lm.rationales import write_rationales
 from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 

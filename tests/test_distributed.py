@@ -225,7 +225,7 @@ def test_merge_lists_what_is_missing_and_refuses_mixed_jobs(tmp_path):
     job = {"verb": "teach", "users": 10}
     owed = {i: write_manifest(shard_path(tmp_path, "t", i, 2), keys, i, 2, job) for i in range(2)}
     assert sorted(owed[0] + owed[1]) == sorted(keys) and not set(owed[0]) & set(owed[1])
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
 
     for i in range(2):
         store = RationaleStore(shard_path(tmp_path, "t", i, 2))

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from slim.artifacts.layout import REPO_ROOT, student_adapter
-from slim.lm.rationales import STEP3_PREFILL, RationaleStore, finish_step3, stopped_before_step3
+from slim.lm.rationale_file import RationaleStore
+from slim.lm.rationales import STEP3_PREFILL, finish_step3, stopped_before_step3
 from slim.lm.reasoners import Generation, GenerationParams
 
 STOPPED = ("Step 1: The user likes to use safety equipment in their work.\n"

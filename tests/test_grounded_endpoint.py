@@ -103,7 +103,7 @@ def small_gguf():
 
 def check_rows(rows: list[dict], ds, k: int) -> int:
     """Every row's Step-3 items are distinct new catalogue items named by its Step 3; returns the picks."""
-    index = {str(u): i for i, u in enumerate(ds.user_ids)}
+    index = ds.user_index
     picks = 0
     for row in rows:
         assert row["step3_path"] == "numbered-list" and row["grounding"]["k"] == k and "raw_rationale" in row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slim.lm.rationales import RationaleStore
+from slim.lm.rationale_file import RationaleStore
 
 ROW = {"split": "valid", "status": "ok", "rationale": "Step 1: a\nStep 2: b\nStep 3: c"}
 
@@ -41,7 +41,8 @@ SCRIPT = textwrap.dedent("""
     import sys
     from slim.data.dataset import load_dataset
     from slim.lm.prompts import student_messages
-    from slim.lm.rationales import RationaleStore, write_rationales
+    from slim.lm.rationale_file import RationaleStore
+    from slim.lm.rationales import write_rationales
     from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
     from slim.lm.weights import student_gguf_path
     ds = load_dataset("ml-100k")

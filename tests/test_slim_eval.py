@@ -470,7 +470,7 @@ def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
 
 def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
     """Users whose student rationale was rejected are measured apart: how much of the gap they explain."""
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
     from slim_eval.report import gain_by_rationale_table
 
     layout, users = RunLayout(tmp_path), np.arange(10).astype(str)

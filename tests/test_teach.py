@@ -55,7 +55,7 @@ def test_worker_pool_and_server_write_the_same_teacher_rows(small_gguf, tmp_path
 
 def test_local_teacher_grounds_step3_in_the_catalogue_by_default(small_gguf, tmp_path, ml100k):
     rows = teach(tmp_path, small_gguf, "--workers", "1", "--users", "2", "--splits", "valid,test", "--k", "2")
-    index = {str(u): i for i, u in enumerate(ml100k.user_ids)}
+    index = ml100k.user_index
     for row in rows:
         u = index[row["user_id"]]
         assert row["step3_path"] == "grammar" and len(row["step3_items"]) == 2
@@ -76,7 +76,7 @@ def test_eval_users_is_the_sample_slim_eval_evaluates(small_gguf, tmp_path, ml10
 
 
 def test_rows_an_endpoint_failed_on_are_retried(small_gguf, tmp_path, ml100k):
-    from slim.lm.rationales import RationaleStore
+    from slim.lm.rationale_file import RationaleStore
     from slim_train.teach import user_order
 
     user = int(user_order(ml100k.n_users, 1, 0)[0])  # what `teach --users 1` visits

@@ -30,7 +30,8 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 
-Split = Literal["valid", "test"]
+from slim.data.split import Split, held_out, history_end
+
 BUILTIN_DATASETS = ("ml-100k", "amazon-video-games", "amazon-industrial-scientific")
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,21 +81,27 @@ class SequentialDataset:
     def history(self, user: int, split: Split) -> np.ndarray:
         """What a model may see when predicting the ``split`` target of ``user``."""
         seq = self.sequence(user)
-        return seq[:-2] if split == "valid" else seq[:-1]
+        return seq[: len(seq) - held_out(split)]
 
     def target(self, user: int, split: Split) -> int:
         seq = self.sequence(user)
-        return int(seq[-2] if split == "valid" else seq[-1])
+        return int(seq[-held_out(split)])
 
     def train_prefix(self, user: int) -> np.ndarray:
-        return self.sequence(user)[:-2]
+        return self.sequence(user)[: -held_out("valid")]
 
     def targets(self, split: Split) -> np.ndarray:
-        pos = self.offsets[1:] - (2 if split == "valid" else 1)
+        pos = history_end(self.offsets, np.arange(self.n_users), split)
         return self.values[pos]
 
     def titles(self, item_idx: Iterable[int]) -> list[str]:
         return self.items.loc[list(item_idx), "title"].tolist()
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        """Source user id (as text) -> user index. Rationale rows and uploads name users by id, and a
+        user sample re-indexes them, so ids are resolved here and nowhere else."""
+        return {str(u): i for i, u in enumerate(self.user_ids)}
 
     @cached_property
     def title_to_idx(self) -> dict[str, int]:

@@ -727,7 +727,7 @@ class DemoService:
         A grounded row (domain-aware prompt, Step 3 chosen from the catalogue) wins over a plain one even
         when it was written one item earlier: the plain teacher's Step 3 names books and films the
         catalogue does not have, which is not what the Space should show beside the student."""
-        from slim.lm.rationales import RationaleStore
+        from slim.lm.rationale_file import RationaleStore
 
         dirs = [d / "rationales" for d in self.run_dirs(name)]
         dirs.insert(1, self.root / "assets" / "rationales" / name)  # shipped with the Space

@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Literal, Sequence
 import numpy as np
 import torch
 
-from slim.data.dataset import REPO_ROOT, SequentialDataset, Split
+from slim.data.dataset import REPO_ROOT, SequentialDataset
+from slim.data.split import Split, history_end
 
 Protocol = Literal["full", "sampled"]
 ScoreFn = Callable[[torch.Tensor, str], torch.Tensor]
@@ -170,7 +171,7 @@ def sampled_negatives(
 def _history_index(dataset: SequentialDataset, users: np.ndarray, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """Flat (row-in-batch, item_idx) pairs of every history item of ``users`` (no Python loop)."""
     start = dataset.offsets[users]
-    end = dataset.offsets[users + 1] - (2 if split == "valid" else 1)
+    end = history_end(dataset.offsets, users, split)
     lengths = end - start
     rows = np.repeat(np.arange(len(users)), lengths)
     pos = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())

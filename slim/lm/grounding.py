@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from slim.data.split import history_end
 from slim.lm.prompts import sanitize_title
 
 _ARTICLE = re.compile(r"^(?P<body>.+?), (?P<article>The|A|An|Il|La|Le|Les|L'|El|Los|Las|Das|Der|Die)"
@@ -82,7 +83,7 @@ def train_popularity(dataset) -> np.ndarray:
 
     Train prefixes only (seq[:-2]): no user's valid or test target is counted.
     """
-    ends = dataset.offsets[1:] - 2
+    ends = history_end(dataset.offsets, np.arange(dataset.n_users), "valid")
     counts = np.zeros(dataset.n_items + 1)
     for lo, hi in zip(dataset.offsets[:-1], ends):
         np.add.at(counts, dataset.values[lo:max(lo, hi)], 1)

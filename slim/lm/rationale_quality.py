@@ -41,20 +41,9 @@ import numpy as np
 
 from slim.data.dataset import SequentialDataset
 from slim.lm.prompts import step3_items
+from slim.lm.rationale_file import read_rationales
 
 GROUND_THRESHOLD = 90.0  # rapidfuzz WRatio: tolerant to case/punctuation/article order, not to other titles
-
-
-def load_rows(path: str | Path) -> list[dict]:
-    rows: dict[tuple[str, str], dict] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # torn last line of a live file
-            rows[(str(r["user_id"]), r["split"])] = r
-    return list(rows.values())
 
 
 class CatalogueMatcher:
@@ -91,7 +80,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
     """Measures that need no reference: format, groundedness, repeats, target hits."""
     rows = list(rows)
     matcher = matcher or CatalogueMatcher(dataset)
-    index = {str(u): i for i, u in enumerate(dataset.user_ids)}
+    index = dataset.user_index
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
     n_kept = n_empty = 0  # what slim.lm.step3_filter keeps: distinct catalogue items not in the history
     n_dup, named_items = 0, []  # repeats within one Step 3; every catalogue item named, over users
@@ -188,7 +177,7 @@ def _zero_shot(dataset: SequentialDataset, rows: list[dict], user_vector, item_v
     from slim.eval.metrics import compute_ranks, user_metric
     from slim.lm.rationales import rationale_text
 
-    index = {str(u): i for i, u in enumerate(dataset.user_ids)}  # ids, not user_idx: samples re-index
+    index = dataset.user_index
     rows = [r for r in rows if rationale_text(r)]
     if not rows:
         return None
@@ -218,7 +207,7 @@ def history_zero_shot_ndcg(dataset: SequentialDataset, rows: list[dict], item_ve
                            negatives: np.ndarray, last: int = 5, k: int = 10) -> float | None:
     """:func:`zero_shot_ndcg` with the mean text vector of the last ``last`` history items in place of
     the rationale, on the same (user, split) rows: the no-LM baseline a rationale has to beat."""
-    index = {str(u): i for i, u in enumerate(dataset.user_ids)}
+    index = dataset.user_index
 
     def history_vectors(ok: list[dict]) -> np.ndarray:
         return np.stack([item_vectors[dataset.history(index[str(r["user_id"])], r["split"])[-last:]].mean(axis=0)
@@ -238,13 +227,13 @@ def quality_report(dataset: SequentialDataset, path: str | Path, reference_path:
     distilled on, so agreement is measured on held-out users only). With ``item_vectors`` and
     ``negatives`` (and an encoder) both files are also ranked zero-shot on those same rows.
     """
-    rows = [r for r in load_rows(path) if only is None or (str(r["user_id"]), r["split"]) in only]
+    rows = [r for r in read_rationales(path) if only is None or (str(r["user_id"]), r["split"]) in only]
     report = {"file": str(path), **intrinsic_quality(dataset, rows)}
     if encoder is not None and item_vectors is not None and negatives is not None:
         report["zero_shot_ndcg10"] = zero_shot_ndcg(dataset, rows, encoder, item_vectors, negatives)
         report["history_zero_shot_ndcg10"] = history_zero_shot_ndcg(dataset, rows, item_vectors, negatives)
     if reference_path and Path(reference_path).exists() and Path(reference_path) != Path(path):
-        refs = {(str(r["user_id"]), r["split"]): r for r in load_rows(reference_path) if r.get("status") == "ok"}
+        refs = {(str(r["user_id"]), r["split"]): r for r in read_rationales(reference_path) if r.get("status") == "ok"}
         both = [(r, refs[k]) for r in rows
                 if r.get("status") == "ok" and (k := (str(r["user_id"]), r["split"])) in refs
                 and str(r["user_id"]) not in (exclude_users or set())]

@@ -1,8 +1,6 @@
-"""Writing rationales for many users: append-only JSONL that survives kill -9 and resumes.
-
-One row per (user_id, split). A row is written with a single ``write`` + flush + fsync, so a crash
-loses at most the rows in flight; a torn last line (crash mid-write) is ignored on load and
-overwritten on the next append. Rows already present are skipped, so reruns never duplicate.
+"""Writing rationales for many users: rows made from a reasoner's generations, appended to a
+:class:`~slim.lm.rationale_file.RationaleStore` (which owns the file format and resumption).
+Rows already present are skipped, so reruns never duplicate.
 
 Leakage guard: the prompt for ``split`` is built from ``dataset.history(u, split)`` only: the train
 prefix for ``valid`` and the train prefix + validation item for ``test``; never the target.
@@ -15,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from slim.data.dataset import SequentialDataset, Split
+from slim.data.dataset import SequentialDataset
+from slim.data.split import Split
 from slim.lm.prompts import Messages, parse_steps, prompt_hash
+from slim.lm.rationale_file import RationaleStore
 from slim.lm.reasoners import Generation, GenerationParams, Reasoner
 
 PromptFn = Callable[[Sequence[str]], Messages]
@@ -24,66 +24,6 @@ PromptFn = Callable[[Sequence[str]], Messages]
 
 class EndpointDown(RuntimeError):
     """The reasoner failed several calls in a row: stop instead of writing error rows."""
-
-
-class RationaleStore:
-    """Append-only JSONL of rationale rows keyed by (user_id, split)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.rows: dict[tuple[str, str], dict] = {}
-        self._valid_bytes = 0
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        pos = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # torn final line from a crash: dropped, overwritten by the next append
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            self.rows[(str(row["user_id"]), row["split"])] = row
-            pos += len(line)
-        self._valid_bytes = pos
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self.rows
-
-    def done(self, key: tuple[str, str]) -> bool:
-        """A row exists and is not an endpoint error (those are retried)."""
-        row = self.rows.get(key)
-        return row is not None and not row["status"].startswith("error")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def append(self, row: dict) -> None:
-        key = (str(row["user_id"]), row["split"])
-        if key in self.rows:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
-            f.seek(self._valid_bytes)
-            f.write(line)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-        self._valid_bytes += len(line)
-        self.rows[key] = row
-
-    def replace(self, row: dict) -> None:
-        """Append a newer row for an existing key; on load the last row of a key wins (append-only)."""
-        key = (str(row["user_id"]), row["split"])
-        self.rows.pop(key, None)
-        self.append(row)
-
-    def ok_rows(self, split: str | None = None) -> list[dict]:
-        return [r for r in self.rows.values() if r["status"] == "ok" and (split is None or r["split"] == split)]
 
 
 def make_row(dataset: SequentialDataset, user: int, split: Split, messages: Messages, gen: Generation,

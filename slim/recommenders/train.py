@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slim.artifacts.layout import changed_rows, code_version, probe_mismatch, text_inputs_key, vector_probe
-from slim.data.dataset import SequentialDataset, Split
+from slim.data.dataset import SequentialDataset
+from slim.data.split import Split, held_out, history_end
 from slim.eval.metrics import dataset_fingerprint, evaluate
 from slim.recommenders import BACKBONES, USER_TEXT_VARIANTS, VARIANTS, build_model
 
@@ -148,7 +149,7 @@ def _left_padded(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, lengt
 def history_matrix(dataset: SequentialDataset, users: np.ndarray, split: Split, max_len: int) -> np.ndarray:
     """Left-padded last ``max_len`` items of history(u, split): seq[:-2] (valid) or seq[:-1] (test)."""
     users = np.asarray(users, dtype=np.int64)
-    ends = dataset.offsets[users + 1] - (2 if split == "valid" else 1)
+    ends = history_end(dataset.offsets, users, split)
     return _left_padded(dataset.values, dataset.offsets[users], ends, max_len)
 
 
@@ -172,7 +173,7 @@ def training_arrays(dataset: SequentialDataset, max_len: int, match: bool = Fals
     Users without any training pair are dropped.
     """
     users = np.arange(dataset.n_users)
-    starts, ends = dataset.offsets[:-1], dataset.offsets[1:] - 2
+    starts, ends = dataset.offsets[:-1], dataset.offsets[1:] - held_out("valid")
     if match:
         pos = _left_padded(dataset.values, starts, ends, max_len)
         inp = np.zeros_like(pos)
@@ -188,7 +189,7 @@ class NegativeSampler:
 
     def __init__(self, dataset: SequentialDataset):
         self.n_items = dataset.n_items
-        lens = dataset.lengths - 2
+        lens = dataset.lengths - held_out("valid")
         users = np.repeat(np.arange(dataset.n_users), lens)
         starts = np.repeat(dataset.offsets[:-1], lens)
         pos = starts + np.arange(lens.sum()) - np.repeat(np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)

@@ -162,7 +162,7 @@ def build_examples(dataset, rows: Iterable[dict], tokenizer, max_len: int = 512,
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     primary = primary or dataset.name
-    index = {str(uid): i for i, uid in enumerate(dataset.user_ids)}
+    index = dataset.user_index
     stats, out = BuildStats(), []
     if prompt == "grounded" and shortlist is None:
         shortlist = ShortlistFor(dataset)
