@@ -59,10 +59,10 @@ def _cleaned_steps(dataset: SequentialDataset, path: Path, rows: dict) -> dict[t
 
 
 def _clean_rows(dataset: SequentialDataset, rows: dict) -> dict[tuple[str, str], list[str] | None]:
-    from slim.lm.rationale_quality import CatalogueMatcher
+    from slim.lm.titles import TitleMatcher
     from slim.lm.step3_filter import clean_steps
 
-    matcher = CatalogueMatcher(dataset)
+    matcher = TitleMatcher.for_dataset(dataset, "rationale")
     index = dataset.user_index
     return {k: clean_steps(row, index[k[0]], dataset, matcher) for k, row in rows.items() if k[0] in index}
 

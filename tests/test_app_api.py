@@ -111,7 +111,7 @@ def test_live_local_teacher_grounds_step3_in_the_catalogue():
     from gradio_client import Client
 
     from slim.data.dataset import load_dataset
-    from slim.lm.grounding import display_title
+    from slim.lm.titles import display_title
 
     history = ["Toy Story", "Fargo", "Star Wars", "Babe", "GoldenEye"]
     with running_app(ROOT / "test-artifacts" / "app_api_grounded.log", max_tokens=32, teacher="smollm2") as url:

@@ -349,7 +349,7 @@ class ScriptedGroundedTeacher:
 
 
 def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue(service):
-    from slim.lm.grounding import display_title
+    from slim.lm.titles import display_title
 
     svc = DemoService(root=service.root, data_dir=service.data_dir)
     svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text

@@ -295,7 +295,7 @@ def test_grounded_examples_show_the_domain_and_the_teachers_shortlist(ds, tokeni
     the teacher's Step-3 items were chosen from (recomputed from the same history)."""
     from pathlib import Path
 
-    from slim.lm.grounding import display_title
+    from slim.lm.titles import display_title
 
     shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "teacher-grounded.jsonl"
     rows = [json.loads(x) for x in shipped.read_text().splitlines()[:3]]

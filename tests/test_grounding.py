@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slim.lm.grounding import (CandidateIndex, GroundingConfig, display_title, match_candidate, snap_to_candidates,
-                            title_grammar)
+from slim.lm.grounding import CandidateIndex, GroundingConfig, match_candidate, snap_to_candidates, title_grammar
+from slim.lm.titles import display_title
 from slim.lm.prompts import domain_for, parse_steps, step3_items, student_messages, teacher_messages
 
 

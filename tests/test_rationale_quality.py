@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from slim.lm.rationale_quality import CatalogueMatcher, agreement, intrinsic_quality, quality_report
+from slim.lm.rationale_quality import agreement, intrinsic_quality, quality_report
+from slim.lm.titles import TitleMatcher
 
 
 def _row(ds, u, split, text, steps):
@@ -14,10 +15,10 @@ def _row(ds, u, split, text, steps):
 
 
 def test_catalogue_matching_is_fuzzy_but_not_loose(ml100k):
-    m = CatalogueMatcher(ml100k)
-    assert m.match("Toy Story") == ml100k.title_to_idx["Toy Story"]
-    assert m.match("toy story!") == ml100k.title_to_idx["Toy Story"]
-    assert m.match("A completely invented film title 2077") is None
+    m = TitleMatcher.for_dataset(ml100k, "rationale")
+    assert m.item("Toy Story") == ml100k.title_to_idx["Toy Story"]
+    assert m.item("toy story!") == ml100k.title_to_idx["Toy Story"]
+    assert m.item("A completely invented film title 2077") is None
 
 
 def test_groundedness_repeats_and_target_hits(ml100k):

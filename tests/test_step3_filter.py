@@ -1,7 +1,7 @@
 """Step-3 post-filter (slim.lm.step3_filter) on real ML-100K users and titles."""
 from __future__ import annotations
 
-from slim.lm.rationale_quality import CatalogueMatcher
+from slim.lm.titles import TitleMatcher
 from slim.lm.step3_filter import clean_steps, filter_step3
 from slim_eval.inputs import _texts_for
 from slim_eval.variants import run_name, spec
@@ -17,7 +17,7 @@ def _case(ds, u=0):
 def test_filter_keeps_new_catalogue_items_only(ml100k):
     hist, target, seen, new = _case(ml100k)
     step3 = f"1. {new.lower()}\n2. {seen}\n3. Totally Invented Movie Zeta\n4. {new}"
-    out = filter_step3(step3, CatalogueMatcher(ml100k), set(hist.tolist()))
+    out = filter_step3(step3, TitleMatcher.for_dataset(ml100k, "rationale"), set(hist.tolist()))
     assert out.kept == [target]  # fuzzy-matched, de-duplicated
     assert out.repeated == [int(hist[-1])]
     assert out.invented == ["Totally Invented Movie Zeta"]
@@ -29,7 +29,7 @@ def test_clean_steps_uses_the_history_of_the_rows_split(ml100k):
     valid_item = ml100k.target(u, "valid")
     title = ml100k.titles([valid_item])[0]
     row = {"user_id": str(ml100k.user_ids[u]), "status": "ok", "steps": ["likes x", "dramas", f"1. {title}"]}
-    m = CatalogueMatcher(ml100k)
+    m = TitleMatcher.for_dataset(ml100k, "rationale")
     assert clean_steps({**row, "split": "valid"}, u, ml100k, m)[2] == ml100k.items.at[valid_item, "title"]
     assert clean_steps({**row, "split": "test"}, u, ml100k, m)[2] == ""  # already consumed by then
     assert clean_steps({**row, "split": "valid", "status": "rejected: x"}, u, ml100k, m) is None

@@ -8,8 +8,9 @@ import pytest
 
 from slim.demo.uploads import (
     FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_text,
-    history_from_titles, normalise_title, write_template,
+    history_from_titles, write_template,
 )
+from slim.lm.titles import normalise_title
 
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Usual Suspects, The", "Star Wars", "Fargo", "Godfather, The",
           "Star Trek: First Contact", "Babe", "Dead Man Walking"] + [f"Film {i}" for i in range(30)]

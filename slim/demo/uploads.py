@@ -30,7 +30,6 @@ import io
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from slim.lm.prompts import DEFAULT_MAX_HISTORY
+from slim.lm.titles import RULES, TitleMatch, TitleMatcher
 
 # Bounds, the same for every input path (file, paste, picks, API), checked BEFORE any matching:
 # fuzzy matching costs ~0.3 ms per unknown title on 2 cores (50,000 unknown pasted lines took 14.7 s)
@@ -46,7 +46,7 @@ MAX_UPLOAD_BYTES = 1_000_000  # 1 MB of text in total: anything bigger is not a 
 MAX_ROWS = 5_000  # titles per input: at most ~1.5 s of fuzzy matching, however hostile the input
 MIN_HISTORY = 3  # fewer recognised items give the reasoner nothing to generalise from
 MAX_HISTORY = DEFAULT_MAX_HISTORY  # the prompt shows the most recent 20; longer histories are truncated
-FUZZY_THRESHOLD = 88.0  # rapidfuzz token_sort_ratio on normalised titles, 0-100
+FUZZY_THRESHOLD = RULES["upload"].cutoff  # rapidfuzz token_sort_ratio on normalised titles, 0-100
 MAX_QUERY_CHARS = 300  # a "title" longer than this is not a title (dropped unread)
 SHOWN_CHARS = 60  # user text quoted back in a message is cut to this
 TEMPLATE_COLUMNS = ("title", "timestamp")
@@ -156,33 +156,12 @@ def _short(text: str, n: int = 80) -> str:
 # ---------------------------------------------------------------------------------------
 # normalisation and the catalogue
 # ---------------------------------------------------------------------------------------
-_YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*[-–]\s*\d{0,4})\)\s*$")
-_ARTICLE_SUFFIX = re.compile(r"^(.*),\s*(the|a|an|les|la|le|il|el|der|die|das|l')$", re.IGNORECASE)
-_NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
-
-
-def normalise_title(title: str) -> str:
-    """Key used for matching: casefolded, year and article inversion removed, punctuation dropped."""
-    t = unicodedata.normalize("NFKC", str(title)).strip()
-    t = _YEAR.sub("", t).strip()
-    m = _ARTICLE_SUFFIX.match(t)
-    if m:  # "Usual Suspects, The" -> "The Usual Suspects"
-        t = f"{m.group(2)} {m.group(1)}"
-    t = _NON_WORD.sub(" ", t.casefold())
-    return re.sub(r"\s+", " ", t).strip()
-
-
 class Catalogue:
     """The dataset's items as a lookup table: normalised title -> item index (first one wins)."""
 
     def __init__(self, titles: Sequence[str], item_idx: Sequence[int]):
-        self.titles = [str(t) for t in titles]
-        self.item_idx = [int(i) for i in item_idx]
-        self.keys = [normalise_title(t) for t in self.titles]
-        self._exact: dict[str, int] = {}
-        for pos, k in enumerate(self.keys):
-            if k:
-                self._exact.setdefault(k, pos)
+        self.matcher = TitleMatcher(titles, item_idx, "upload")
+        self.titles, self.item_idx = self.matcher.titles, self.matcher.item_idx
         self._by_idx = {i: t for i, t in zip(self.item_idx, self.titles)}
 
     @classmethod
@@ -196,21 +175,9 @@ class Catalogue:
     def title_of(self, item_idx: int) -> str:
         return self._by_idx[int(item_idx)]
 
-    def match(self, query: str) -> tuple[int, str, str, float] | None:
+    def match(self, query: str) -> TitleMatch | None:
         """``(item_idx, catalogue title, "exact"|"fuzzy", score)`` or None when nothing is close."""
-        key = normalise_title(query)
-        if not key:
-            return None
-        pos = self._exact.get(key)
-        if pos is not None:
-            return self.item_idx[pos], self.titles[pos], "exact", 100.0
-        from rapidfuzz import fuzz, process
-
-        best = process.extractOne(key, self.keys, scorer=fuzz.token_sort_ratio, score_cutoff=FUZZY_THRESHOLD)
-        if best is None:
-            return None
-        _, score, pos = best
-        return self.item_idx[pos], self.titles[pos], "fuzzy", float(score)
+        return self.matcher.match(query)
 
     def choices(self) -> list[str]:
         """Labels for a searchable multiselect: the title, made unique with the item index if needed."""
@@ -223,8 +190,7 @@ class Catalogue:
         m = re.search(r" \[#(\d+)\]$", label)
         if m and int(m.group(1)) in self._by_idx:
             return int(m.group(1))
-        pos = self._exact.get(normalise_title(label))
-        return self.item_idx[pos] if pos is not None else None
+        return self.matcher.exact(label)
 
 
 # ---------------------------------------------------------------------------------------

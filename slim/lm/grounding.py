@@ -28,26 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from slim.data.split import history_end
-from slim.lm.prompts import sanitize_title
-
-_ARTICLE = re.compile(r"^(?P<body>.+?), (?P<article>The|A|An|Il|La|Le|Les|L'|El|Los|Las|Das|Der|Die)"
-                      r"(?P<tail>\s*\(.*\))?$")
-
-
-def display_title(title: str) -> str:
-    """``"Remains of the Day, The (1993)"`` -> ``"The Remains of the Day (1993)"``, sanitised.
-
-    ML-100K stores articles at the end; a model writes them first, so the grammar must offer the
-    form the model would write.
-    """
-    t = sanitize_title(title)
-    m = _ARTICLE.match(t)
-    if not m:
-        return t
-    article = m.group("article")
-    sep = "" if article.endswith("'") else " "
-    return f"{article}{sep}{m.group('body')}{m.group('tail') or ''}"
-
+from slim.lm.titles import SNAP_CUTOFF, display_title, title_match
 
 @dataclass(frozen=True)
 class GroundingConfig:
@@ -157,39 +138,6 @@ _NUMBER_ONLY = re.compile(r"^#?(\d{1,3})[.):]?$")  # "7", "#7", "7."
 _HASH_NUMBER = re.compile(r"^#(\d{1,3})\b[.):]?\s*")  # "#7 Heat (1995)"
 _LIST_LEAD = re.compile(r"^(?:[-*•]\s*|\d{1,3}[.)]\s+)")  # the answer's own bullet or "1. "
 _EXPLANATION = re.compile(r"\s+[-–—]\s+")
-_YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*[-–]\s*\d{0,4})\)\s*$")
-_LEADING_ARTICLE = re.compile(r"^(?:the|a|an) ")
-SNAP_CUTOFF = 85.0
-
-
-def _title_forms(title: str) -> tuple[str, str]:
-    """(title without year or leading article, whole title), lower-case alphanumerics, article first."""
-    from rapidfuzz import utils
-
-    t = display_title(title)  # "Lion King, The (1994)": the stored form a model copies from the history
-    return _LEADING_ARTICLE.sub("", utils.default_process(_YEAR.sub("", t))), utils.default_process(t)
-
-
-def title_match(name: str, titles: Sequence[str], cutoff: float = SNAP_CUTOFF) -> int | None:
-    """The title ``name`` spells, up to small typos, article order and a missing or wrong year; else None.
-
-    Levenshtein similarity (rapidfuzz ``ratio``, 0-100) of the titles without year and leading article
-    must reach ``cutoff``; the whole title (with its year) breaks ties ("Sabrina (1995)" vs "(1954)").
-    Not WRatio: its partial matching takes "Star Wars" for "Star Trek: First Contact" (86) and "The
-    Godfather" for "The Usual Suspects" (86).
-    """
-    from rapidfuzz import fuzz
-
-    core, whole = _title_forms(name)
-    if len(core) < 2:
-        return None
-    best, key = None, (cutoff, -1.0)
-    for j, t in enumerate(titles):
-        t_core, t_whole = _title_forms(t)
-        score = (fuzz.ratio(core, t_core), fuzz.ratio(whole, t_whole))
-        if score[0] >= cutoff and score > key:
-            best, key = j, score
-    return best
 
 
 _QUOTED = re.compile(r'["“]([^"”\n]{2,150})["”]')

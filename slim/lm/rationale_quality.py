@@ -42,30 +42,7 @@ import numpy as np
 from slim.data.dataset import SequentialDataset
 from slim.lm.prompts import step3_items
 from slim.lm.rationale_file import read_rationales
-
-GROUND_THRESHOLD = 90.0  # rapidfuzz WRatio: tolerant to case/punctuation/article order, not to other titles
-
-
-class CatalogueMatcher:
-    """Fuzzy title -> item index lookup over a dataset's catalogue."""
-
-    def __init__(self, dataset: SequentialDataset, threshold: float = GROUND_THRESHOLD):
-        from rapidfuzz import utils
-
-        self.idx = dataset.items.index.to_numpy()
-        self.titles = [utils.default_process(t) for t in dataset.items["title"]]
-        self.threshold = threshold
-
-    def match(self, name: str) -> int | None:
-        from rapidfuzz import fuzz, process, utils
-
-        q = utils.default_process(name)
-        if not q:
-            return None
-        hit = process.extractOne(q, self.titles, scorer=fuzz.WRatio, score_cutoff=self.threshold,
-                                 processor=None)
-        return int(self.idx[hit[2]]) if hit else None
-
+from slim.lm.titles import TitleMatcher
 
 def _genres(dataset: SequentialDataset, item: int) -> list[str]:
     for col in ("genre", "category"):
@@ -76,10 +53,10 @@ def _genres(dataset: SequentialDataset, item: int) -> list[str]:
     return []
 
 
-def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher: CatalogueMatcher | None = None) -> dict:
+def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher: TitleMatcher | None = None) -> dict:
     """Measures that need no reference: format, groundedness, repeats, target hits."""
     rows = list(rows)
-    matcher = matcher or CatalogueMatcher(dataset)
+    matcher = matcher or TitleMatcher.for_dataset(dataset, "rationale")
     index = dataset.user_index
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
     n_kept = n_empty = 0  # what slim.lm.step3_filter keeps: distinct catalogue items not in the history
@@ -98,7 +75,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
             names = matched
         else:
             names = step3_items(r["steps"][2])
-            matched = [m for m in (matcher.match(n) for n in names) if m is not None]
+            matched = [m for m in (matcher.item(n) for n in names) if m is not None]
         n_dup += len(matched) - len(set(matched))
         named_items.extend(set(matched))
         n_named += len(names)

@@ -4,7 +4,8 @@ Why: both reasoners name items badly in Step 3. On ML-100K, 61% of the student's
 not exist in the catalogue, and 59% of those that do are already in the user's history (the
 teacher repeats the history 83% of the time; ``python -m slim_eval --rationales``). A text encoder
 then embeds invented titles and "more of what you watched", which is noise for ranking *new* items.
-The filter maps each name to the catalogue (the same fuzzy matcher that measures groundedness),
+The filter maps each name to the catalogue (the ``rationale`` rule of ``slim.lm.titles``, which
+also measures groundedness),
 drops invented and already-seen items, and writes the kept items' canonical titles. The history
 used is the one the rationale was written from, so the filter never looks at the target.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from slim.data.dataset import SequentialDataset
 from slim.lm.prompts import step3_items
-from slim.lm.rationale_quality import CatalogueMatcher
+from slim.lm.titles import TitleMatcher
 
 
 @dataclass
@@ -24,10 +25,10 @@ class Step3Filtered:
     repeated: list[int] = field(default_factory=list)  # catalogue items already in the history
 
 
-def filter_step3(step3: str, matcher: CatalogueMatcher, history: set[int]) -> Step3Filtered:
+def filter_step3(step3: str, matcher: TitleMatcher, history: set[int]) -> Step3Filtered:
     out = Step3Filtered()
     for name in step3_items(step3):
-        item = matcher.match(name)
+        item = matcher.item(name)
         if item is None:
             out.invented.append(name)
         elif item in history:
@@ -37,7 +38,7 @@ def filter_step3(step3: str, matcher: CatalogueMatcher, history: set[int]) -> St
     return out
 
 
-def clean_steps(row: dict, user: int, dataset: SequentialDataset, matcher: CatalogueMatcher) -> list[str] | None:
+def clean_steps(row: dict, user: int, dataset: SequentialDataset, matcher: TitleMatcher) -> list[str] | None:
     """The row's 3 steps with Step 3 replaced by the kept items' catalogue titles ("" if none kept).
 
     ``user``: the dataset's index of ``row["user_id"]``; the history is that of ``row["split"]``.
