@@ -561,7 +561,7 @@ def test_heldout_comparison_uses_the_same_pairs_of_untrained_users_for_every_fil
 def test_student_file_names_which_student_rows_a_run_reads_and_the_command_that_writes_them(tmp_path):
     """--student-file: one student's rows measured while another's stay the default file; the run's
     own file wins, then the shipped one of that name, and the missing-file command writes that name."""
-    from slim.artifacts import REPO_ROOT
+    from slim.artifacts.layout import REPO_ROOT
     from slim_eval.variants import producer_command
 
     lay = RunLayout.for_dataset("amazon-video-games", tmp_path, student_file="student-v4.jsonl")

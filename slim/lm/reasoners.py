@@ -231,7 +231,7 @@ class LlamaCppReasoner:
                  n_threads_batch: int | None = None):
         from llama_cpp import Llama
 
-        from .llama_runtime import without_amx_kernels
+        from slim.lm.llama_runtime import without_amx_kernels
 
         without_amx_kernels()
         self.model_path, self.lora_path = str(model_path), str(lora_path) if lora_path else None
@@ -414,7 +414,7 @@ def free_port() -> int:
 
 
 class LlamaCppServer:
-    """``python -m llama_cpp.server`` on 127.0.0.1 (through :mod:`slim.llama_server`), as a context manager.
+    """``python -m llama_cpp.server`` on 127.0.0.1 (through :mod:`slim.lm.llama_server`), as a context manager.
 
     It gives the local teacher the same OpenAI-compatible interface a vLLM or OpenAI teacher
     has (``teach --server``, the demo's live teacher).
@@ -438,10 +438,10 @@ class LlamaCppServer:
 
     def __enter__(self) -> "LlamaCppServer":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        cmd = [sys.executable, "-m", "slim.llama_server", "--model", self.model_path, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "slim.lm.llama_server", "--model", self.model_path, "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
                "--model_alias", self.model_alias, *(["--lora_path", self.lora_path] if self.lora_path else [])]
-        repo = str(Path(__file__).resolve().parent.parent)  # slim.llama_server importable from any cwd
+        repo = str(Path(__file__).resolve().parents[2])  # slim.lm.llama_server importable from any cwd
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
