@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.artifacts.layout import RunLayout, read_json
+from slim.artifacts.layout import RunLayout
+from slim.artifacts.provenance import read_json
 from slim_eval.__main__ import expand_all, main as slim_eval_main, parse_args
 from slim_eval.report import markdown
 

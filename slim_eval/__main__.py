@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from slim.artifacts.layout import REPORTED_USER_SAMPLES, RunLayout, write_json
+from slim.artifacts.layout import REPORTED_USER_SAMPLES, RunLayout
+from slim.artifacts.provenance import write_json
 
 from .report import PROTOCOL_TITLES, build_report, markdown, results_table, slim_vs_teacher_cells
 from .variants import VARIANT_NAMES, spec

@@ -9,7 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from slim.artifacts.layout import REPO_ROOT, RunLayout, make_record, save_npz, write_json
+from slim.artifacts.layout import REPO_ROOT, RunLayout
+from slim.artifacts.provenance import make_record, save_npz, write_json
 from slim.data.dataset import SequentialDataset, load_dataset, sample_users
 from slim.eval.metrics import dataset_fingerprint, item_popularity, sampled_negatives
 
@@ -350,7 +351,8 @@ def heldout_pairs(files: list[Path], dataset_name: str) -> tuple[list[Path], set
     Held out = no shipped student (slim.artifacts.SHIPPED_STUDENTS) was distilled on the user, so no
     file is measured on its own training data; a file with no such row (a distillation set) is left out.
     """
-    from slim.artifacts.layout import REPO_ROOT, SHIPPED_STUDENTS, read_json
+    from slim.artifacts.layout import REPO_ROOT, SHIPPED_STUDENTS
+    from slim.artifacts.provenance import read_json
     from slim.lm.rationale_file import RationaleStore
     from slim.student.sft import trained_user_ids
 

@@ -24,7 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from slim.artifacts.layout import RATIONALE_FILES, RunLayout, load_npz, read_json
+from slim.artifacts.layout import RATIONALE_FILES, RunLayout
+from slim.artifacts.provenance import load_npz, read_json
 from slim.eval.metrics import mean_std, rank_metrics, user_metric
 
 from .variants import run_name

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from slim.artifacts.layout import read_json
+from slim.artifacts.provenance import read_json
 
 from .report import (BACKBONE_LABELS, PROTOCOL_TITLES, REPORT_METRICS, _find, data_line, fmt, improvement, render,
                      results_table, slim_vs_teacher_cells, slim_vs_teacher_table, table1, table2)

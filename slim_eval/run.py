@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slim.artifacts.layout import RunLayout, load_npz, make_record, matches, save_npz
+from slim.artifacts.layout import RunLayout
+from slim.artifacts.provenance import load_npz, make_record, matches, save_npz
 from slim.data.dataset import SequentialDataset
 from slim.data.split import held_out
 from slim.eval.metrics import compute_ranks, dataset_fingerprint, item_popularity, novelty_metrics, rank_metrics, top_k

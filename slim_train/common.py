@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slim.artifacts.layout import default_run_dir
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k", help="ml-100k | amazon-video-games | "
@@ -15,6 +17,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def run_dir(args: argparse.Namespace) -> Path:
-    out = args.out or Path("runs") / args.dataset.replace("custom:", "custom-").replace("/", "_").replace(",", "_")
+    """The run directory (created): ``--out``, else the layout slim_eval reads (``runs/<dataset>``)."""
+    out = args.out or default_run_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -269,7 +269,7 @@ def test_a_changed_item_title_is_refused_naming_the_item_row(small, item_text, t
 
 def test_vectors_moved_beyond_the_tolerance_are_refused_by_the_probe(small, item_text, text_fit):
     """Same texts, same encoder name, but the numbers moved (another encoder build): refused, not reused."""
-    from slim.artifacts.layout import PROBE_ATOL
+    from slim.artifacts.provenance import PROBE_ATOL
 
     cfg, root, fm = text_fit
     moved_values = np.asarray(item_text).copy()

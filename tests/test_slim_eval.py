@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slim.artifacts.layout import RunLayout, load_npz, make_record, matches, mismatch, read_json, save_npz
+from slim.artifacts.layout import RunLayout
+from slim.artifacts.provenance import load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
 from slim_eval.report import (REPORT_METRICS, combined_table1, compute_rows, improvement, regenerate,

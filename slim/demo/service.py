@@ -230,40 +230,11 @@ def find_checkpoints(roots: Sequence[Path]) -> list[Checkpoint]:
 
 
 def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarray | None):
-    """Rebuild a fitted module from its directory, checking the dataset and item-text provenance.
+    """The checkpoint's module, rebuilt by the function slim_eval reuses fits with; the rationale
+    side is left to the user being scored (``new_users``: a demo user's rationale is written now)."""
+    from slim.recommenders.train import load_module as rebuild
 
-    Not ``train.load_fitted``: that also checks the hash of the *training* users' rationale
-    matrix, which a demo scoring one (possibly new) user cannot and need not reproduce.
-    """
-    from safetensors.torch import load_file
-
-    from slim.eval.metrics import dataset_fingerprint
-    from slim.recommenders import build_model
-    from slim.artifacts.layout import text_inputs_key
-    from slim.recommenders.train import text_inputs_check
-
-    key = ck.record["key"]
-    if isinstance(key.get("item_text"), str) and not key["item_text"].startswith("rounded:"):
-        raise ValueError(f"{ck.path.name}: checkpoint format {key.get('format')} keys its item texts by the bytes "
-                         "of the vectors, which differ across machines; this code keys them by the texts and "
-                         "encoder (format 2). Fix: refit it (slim_eval --refit) or ship a format-2 checkpoint")
-    if key["dataset"]["fingerprint"] != dataset_fingerprint(dataset):
-        raise ValueError(f"{ck.path.name}: trained on a different version of {dataset.name}")
-    # the item side only: the rationale inputs of the training users stay as recorded
-    now = {**key, "item_text": text_inputs_key(item_text) if key.get("item_text") else None}
-    text_inputs_check(ck.record, now, item_text, None, ck.path.name)
-    state = load_file(str(ck.path / "model.safetensors"))
-    # the rationale vector size is the input width of g_l' (UserTextFusion.g_l), not of g_f'
-    g_l = state.get("user_fusion.g_l.weight")
-    udim = int(g_l.shape[1]) if g_l is not None else None
-    c = key["config"]
-    model = build_model(c["backbone"], c["variant"], dataset.n_items, c["dim"], c["max_len"], c["layers"],
-                        c["heads"], c["dropout"], item_text=item_text,
-                        user_text_dim=udim if c["variant"] in ("teacher", "slim") else None,
-                        fusion=c.get("fusion", "concat"))
-    model.load_state_dict(state)
-    model.eval()
-    return model
+    return rebuild(ck.path, dataset, item_text, record=ck.record, new_users=True)[0]
 
 
 class CheckpointRefused(ValueError):

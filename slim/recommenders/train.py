@@ -20,7 +20,6 @@ A directory whose ``config.json`` says complete and whose key matches is reused,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -33,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slim.artifacts.layout import changed_rows, code_version, probe_mismatch, text_inputs_key, vector_probe
+from slim.artifacts.provenance import (changed_rows, code_version, probe_mismatch, sha256_json, text_inputs_key,
+                                       vector_probe, write_json)
 from slim.data.dataset import SequentialDataset
 from slim.data.split import Split, held_out, history_end
 from slim.eval.metrics import dataset_fingerprint, evaluate
@@ -297,13 +297,7 @@ def text_inputs_check(record: dict, key: dict, item_text, user_text, where: str)
 
 
 def _key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    return sha256_json(key, chars=10)
 
 
 def _save_safetensors(model: nn.Module, path: Path) -> None:
@@ -321,19 +315,54 @@ def load_fitted(
     user_text: dict[str, np.ndarray] | None = None,
 ) -> FittedModel:
     """Rebuild a finished run from its directory; refuses if the inputs differ from its record."""
+    checkpoint_dir = Path(checkpoint_dir)
+    model, record = load_module(checkpoint_dir, dataset, item_text, user_text)
+    return FittedModel(model, dataset, FitConfig(**record["key"]["config"]), checkpoint_dir, record, user_text)
+
+
+def load_module(checkpoint_dir: str | Path, dataset: SequentialDataset, item_text: np.ndarray | None = None,
+                user_text: dict[str, np.ndarray] | None = None, *, record: dict | None = None,
+                new_users: bool = False) -> tuple[nn.Module, dict]:
+    """The one rebuild of a fitted module from its directory: ``(module in eval mode, record)``.
+
+    Refuses (ValueError, saying which input differs) when the inputs are not the ones the record
+    names. ``new_users=False`` (a fit being reused): every input of the key is checked, the
+    rationale vectors of the users included. ``new_users=True`` (the Space scoring a user whose
+    rationale it writes now): the dataset and the item texts are checked, the training users'
+    rationale inputs stay as recorded, and the rationale width is read from the weights.
+    """
     from safetensors.torch import load_file
 
     checkpoint_dir = Path(checkpoint_dir)
-    record = json.loads((checkpoint_dir / "config.json").read_text())
+    record = record if record is not None else json.loads((checkpoint_dir / "config.json").read_text())
     cfg = FitConfig(**record["key"]["config"])
-    key = checkpoint_key(dataset, cfg, item_text, user_text)
-    text_inputs_check(record, key, item_text, user_text, str(checkpoint_dir))
-    model = _build(cfg, dataset, item_text, user_text)
+    if new_users:
+        key = record["key"]
+        if isinstance(key.get("item_text"), str) and not key["item_text"].startswith("rounded:"):
+            raise ValueError(f"{checkpoint_dir.name}: checkpoint format {key.get('format')} keys its item texts by "
+                             "the bytes of the vectors, which differ across machines; this code keys them by the "
+                             "texts and encoder (format 2). Fix: refit it (slim_eval --refit) or ship a format-2 "
+                             "checkpoint")
+        if key["dataset"]["fingerprint"] != dataset_fingerprint(dataset):
+            raise ValueError(f"{checkpoint_dir.name}: trained on a different version of {dataset.name}")
+        now = {**key, "item_text": text_inputs_key(item_text) if key.get("item_text") else None}
+        text_inputs_check(record, now, item_text, None, checkpoint_dir.name)
+    else:
+        key = checkpoint_key(dataset, cfg, item_text, user_text)
+        text_inputs_check(record, key, item_text, user_text, str(checkpoint_dir))
+    state = load_file(str(checkpoint_dir / "model.safetensors"))
+    if new_users:
+        # the rationale vector size is the input width of g_l' (UserTextFusion.g_l), not of g_f'
+        g_l = state.get("user_fusion.g_l.weight")
+        udim = int(g_l.shape[1]) if g_l is not None and cfg.variant in ("teacher", "slim") else None  # fusion variants
+    else:
+        udim = _user_text_dim(cfg, dataset, user_text)
+    model = _build(cfg, dataset, item_text, udim)
     # shipped checkpoints are stored in fp16 (slim_train fits export): load_state_dict copies them
     # into the fp32 parameters, so scores are always computed in fp32
-    model.load_state_dict(load_file(str(checkpoint_dir / "model.safetensors")))
+    model.load_state_dict(state)
     model.float().eval()
-    return FittedModel(model, dataset, cfg, checkpoint_dir, record, user_text)
+    return model, record
 
 
 def checkpoint_dir_name(dataset: SequentialDataset, cfg: FitConfig, item_text=None, user_text=None) -> str:
@@ -354,15 +383,19 @@ def complete_checkpoint(ckpt: Path, key: dict | None = None) -> dict | None:
     return record
 
 
-def _build(cfg: FitConfig, dataset: SequentialDataset, item_text, user_text) -> nn.Module:
-    udim = None
-    if cfg.variant in USER_TEXT_VARIANTS:
-        if not user_text or "valid" not in user_text:
-            raise ValueError(f"variant {cfg.variant!r} needs user_text={{'valid': ..., 'test': ...}}")
-        for split, v in user_text.items():
-            if v.shape[0] != dataset.n_users:
-                raise ValueError(f"user_text[{split!r}] has {v.shape[0]} rows; the dataset has {dataset.n_users} users")
-        udim = int(user_text["valid"].shape[1])
+def _user_text_dim(cfg: FitConfig, dataset: SequentialDataset, user_text) -> int | None:
+    """The rationale vector width a ``teacher``/``slim`` fit needs (checking the matrices), else None."""
+    if cfg.variant not in USER_TEXT_VARIANTS:
+        return None
+    if not user_text or "valid" not in user_text:
+        raise ValueError(f"variant {cfg.variant!r} needs user_text={{'valid': ..., 'test': ...}}")
+    for split, v in user_text.items():
+        if v.shape[0] != dataset.n_users:
+            raise ValueError(f"user_text[{split!r}] has {v.shape[0]} rows; the dataset has {dataset.n_users} users")
+    return int(user_text["valid"].shape[1])
+
+
+def _build(cfg: FitConfig, dataset: SequentialDataset, item_text, udim: int | None) -> nn.Module:
     return build_model(cfg.backbone, cfg.variant, dataset.n_items, cfg.dim, cfg.max_len, cfg.layers, cfg.heads,
                        cfg.dropout, item_text=item_text, user_text_dim=udim, fusion=cfg.fusion)
 
@@ -402,7 +435,7 @@ def fit(
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = _build(cfg, dataset, item_text, user_text)
+    model = _build(cfg, dataset, item_text, _user_text_dim(cfg, dataset, user_text))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     fitted = FittedModel(model, dataset, cfg, ckpt, {}, user_text)
 
@@ -493,7 +526,7 @@ def fit(
         "history": history,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write_json(record_path, record)
+    write_json(record_path, record)
     state_path.unlink(missing_ok=True)
     fitted.record = record
     return fitted

@@ -16,25 +16,17 @@ size + sha256, converter version, transformers version), else rebuilt.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+from slim.artifacts.provenance import sha256_file, write_json
 from slim.lm.weights import CACHE_DIR, STUDENT_NAME, student_gguf_path
 
 CONVERTER_VERSION = 1  # bump when the conversion itself changes, so caches are rebuilt
 PROVENANCE_FILE = "slim_provenance.json"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _expected_provenance(gguf: Path) -> dict:
@@ -44,7 +36,7 @@ def _expected_provenance(gguf: Path) -> dict:
         "kind": "gguf-dequantised-hf-folder",
         "source_gguf": gguf.name,
         "source_size": gguf.stat().st_size,
-        "source_sha256": file_sha256(gguf),
+        "source_sha256": sha256_file(gguf),
         "base_model": STUDENT_NAME if gguf.name.startswith("SmolLM2-135M-Instruct") else gguf.stem,
         "dtype": "float32",
         "converter_version": CONVERTER_VERSION,
@@ -86,7 +78,7 @@ def convert_gguf_to_hf(gguf: Path, out: Path) -> Path:
         model.generation_config.save_pretrained(tmp)
     record = {**expected, "seconds": round(time.perf_counter() - t0, 1),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(tmp / PROVENANCE_FILE, record)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
