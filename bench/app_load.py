@@ -83,7 +83,6 @@ def main() -> None:
         proc, url = start_app(args.max_tokens, Path(args.log))
     try:
         # users 1..N of the dataset's id list, all distinct (ids are strings in ML-100K's file order)
-        sys.path.insert(0, str(ROOT))
         from slim.data.dataset import load_dataset
 
         from slim.demo.uploads import MAX_ROWS, MAX_UPLOAD_BYTES

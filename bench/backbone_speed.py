@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 RECBOLE_DEPS = [
     "numpy", "scipy", "pandas>=2.2.2,<3", "tqdm", "colorlog==4.7.2", "colorama==0.4.4", "scikit-learn", "pyyaml",

@@ -13,16 +13,13 @@ raises recall and concentrates what every user is offered, which is what Step 3 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data.dataset import load_dataset  # noqa: E402
-from slim.lm.encoders import TextEncoder, item_text_matrix  # noqa: E402
-from slim.lm.grounding import CandidateIndex, train_popularity  # noqa: E402
+from slim.data.dataset import load_dataset
+from slim.lm.encoders import TextEncoder, item_text_matrix
+from slim.lm.grounding import CandidateIndex, train_popularity
 
 
 def main() -> None:

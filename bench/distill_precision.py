@@ -10,11 +10,8 @@ This script checks the choice on the box at hand.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def step_seconds(model, batch, precision: str, reps: int) -> float:

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from slim.data.dataset import load_dataset  # noqa: E402
-from slim.eval.metrics import evaluate  # noqa: E402
+from slim.data.dataset import load_dataset
+from slim.eval.metrics import evaluate
 
 
 def main() -> None:

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data.dataset import load_dataset  # noqa: E402
-from slim.lm.prompts import domain_for, student_messages, teacher_messages  # noqa: E402
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
-from slim.lm.weights import student_gguf_path, teacher_gguf_path  # noqa: E402
+from slim.data.dataset import load_dataset
+from slim.lm.prompts import domain_for, student_messages, teacher_messages
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+from slim.lm.weights import student_gguf_path, teacher_gguf_path
 
 
 def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:

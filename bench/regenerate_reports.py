@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slim.artifacts.layout import RunLayout
 from slim.artifacts.provenance import read_json

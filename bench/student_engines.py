@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from slim.data.dataset import load_dataset  # noqa: E402
-from slim.lm.prompts import student_messages  # noqa: E402
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner  # noqa: E402
-from slim.lm.weights import student_gguf_path  # noqa: E402
+from slim.data.dataset import load_dataset
+from slim.lm.prompts import student_messages
+from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+from slim.lm.weights import student_gguf_path
 
 
 def run(reasoner: LlamaCppReasoner, prompts, params) -> tuple[list[str], float, int]:

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim.data.dataset import load_dataset  # noqa: E402
-from slim.lm.prompts import teacher_messages  # noqa: E402
-from slim.lm.rationales import prompt_for  # noqa: E402
-from slim.lm.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,  # noqa: E402
+from slim.data.dataset import load_dataset
+from slim.lm.prompts import teacher_messages
+from slim.lm.rationales import prompt_for
+from slim.lm.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,
                             LlamaCppServer, OpenAIChatReasoner)
-from slim.lm.weights import TEACHER_NAME, teacher_gguf_path  # noqa: E402
-from slim_train.pool import pool_rows  # noqa: E402
+from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
+from slim_train.pool import pool_rows
 
 
 def main() -> None:

@@ -255,5 +255,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``slim-eval`` console script (``main`` returns the report, which is not an exit code)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
