@@ -35,7 +35,11 @@ from typing import Any, Iterator  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from slim.demo.service import PAPER_URL, DemoService, Ranked, Request, Update, find_reports  # noqa: E402
+from slim.demo.config import PAPER_URL  # noqa: E402
+from slim.demo.display import Ranked  # noqa: E402
+from slim.demo.reports import find_reports  # noqa: E402
+from slim.demo.requests import Request, Update  # noqa: E402
+from slim.demo.service import DemoService  # noqa: E402
 from slim.demo.uploads import (FUZZY_THRESHOLD, MAX_HISTORY, MAX_QUERY_CHARS, MAX_ROWS, MAX_UPLOAD_BYTES,  # noqa: E402
                           MIN_HISTORY, TIMESTAMP_RULE, UploadError, shown)
 
@@ -44,7 +48,7 @@ log = logging.getLogger("app")
 ROOT = Path(os.environ.get("SLIM_ROOT") or Path(__file__).resolve().parent).resolve()
 TEMPLATE = ROOT / "assets" / "history_template.csv"
 # the "reason" queue: 2 requests in flight on 2 cores (their models share the cores as described in
-# slim.demo.service: one lock per model, split threads), the rest wait in a bounded queue
+# slim.demo: one lock per model, split threads), the rest wait in a bounded queue
 CONCURRENCY = int(os.environ.get("SLIM_CONCURRENCY", "2"))
 QUEUE_SIZE = int(os.environ.get("SLIM_QUEUE_SIZE", "64"))
 
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--no-warm-up", action="store_true", help="load models on the first request instead")
     args = p.parse_args(argv)
-    # slim.demo.service logs one line per refused checkpoint / unavailable teacher: show them in the server log
+    # slim.demo logs one line per refused checkpoint / unavailable teacher: show them in the server log
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.no_warm_up:
         service.warm_up()

@@ -60,7 +60,7 @@ def running_app(log_path: Path, max_tokens: int = 64, extra_env: dict | None = N
            "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for k in ("SLIM_TEACHER_BASE_URL", "SLIM_TEACHER_LOCAL", "SLIM_TEACHER_MAX_TOKENS", "SLIM_TEACHER_GGUF"):
         env.pop(k, None)
-    from slim.demo.service import local_teacher_installed
+    from slim.demo.models import local_teacher_installed
 
     if teacher == "smollm2":
         from slim.lm.weights import student_gguf_path

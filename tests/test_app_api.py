@@ -13,7 +13,9 @@ import re
 import pytest
 
 from app_server import ROOT, missing_requirements, running_app
-from slim.demo.service import MATCH_LABEL, TEACHER_DISABLED, TEACHER_HELP, local_teacher_installed
+from slim.demo.config import TEACHER_DISABLED, TEACHER_HELP
+from slim.demo.display import MATCH_LABEL
+from slim.demo.models import local_teacher_installed
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")

@@ -1,4 +1,4 @@
-"""slim.demo.service without llama.cpp: a scripted student stands in, so the service logic is tested fast.
+"""slim.demo without llama.cpp: a scripted student stands in, so the service logic is tested fast.
 
 The real student is exercised by tests/test_app_api.py and tests/test_browser.py.
 """
@@ -9,8 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from slim.demo.service import (MATCH_LABEL, TEACHER_HELP, UNTRAINED_LABEL, Column, DemoService, Request, find_reports,
-                       format_steps, rationale_text)
+from slim.demo.config import TEACHER_HELP
+from slim.demo.display import MATCH_LABEL, UNTRAINED_LABEL, Column, format_steps
+from slim.demo.ranking import rationale_text
+from slim.demo.reports import find_reports
+from slim.demo.requests import Request
+from slim.demo.service import DemoService
 from slim.demo.uploads import UploadError
 
 RATIONALE = "Step 1: likes science fiction.\nStep 2: Sci-Fi, Action.\nStep 3: Star Wars, Alien"
@@ -213,11 +217,11 @@ def test_refused_checkpoint_is_logged_once_and_the_next_is_used(fitted, tmp_path
     other = DemoService(root=root, data_dir=svc.data_dir)
     other._datasets, other._catalogues, other._item_text, other._encoder = (
         svc._datasets, svc._catalogues, svc._item_text, svc._encoder)
-    with caplog.at_level(logging.WARNING, logger="slim.demo.service"):
+    with caplog.at_level(logging.WARNING, logger="slim.demo"):
         for _ in range(2):
             ranked = other.rank(other.resolve("ml-100k", "196"), RATIONALE)
             assert ranked[0].variant == "SLIM (SASRec)" and f"`{dirs['slim']}`" in ranked[0].note
-    lines = [r.getMessage() for r in caplog.records if r.name == "slim.demo.service"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "slim.demo"]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"checkpoint runs/ml-100k/checkpoints/{stale.name} not used: ValueError: ")
     assert "item_text: the texts or encoder differ" in lines[0] and "\n" not in lines[0]
@@ -231,7 +235,7 @@ def test_old_format_checkpoint_is_refused_with_the_reason(fitted, tmp_path):
     import json
     import shutil
 
-    from slim.demo.service import CheckpointRefused
+    from slim.demo.checkpoints import CheckpointRefused
 
     svc, dirs = fitted
     old = tmp_path / "runs" / "ml-100k" / "checkpoints" / (dirs["match"] + "-format1")
@@ -265,7 +269,7 @@ def test_custom_history_streams_a_live_teacher_beside_the_student(service):
 
 
 def test_teacher_source_endpoint_first_then_installed_local(monkeypatch, service):
-    import slim.demo.service as demo
+    import slim.demo.models as demo
 
     svc = DemoService(root=service.root, data_dir=service.data_dir)
     monkeypatch.setattr(demo, "local_teacher_installed", lambda: True)
