@@ -262,20 +262,32 @@ def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     only when it was distilled on this dataset: a student distilled elsewhere says nothing about
     these rows. Its validation users stay in (they were held out of training).
     """
+    return _lineage_users(layout.distill_metrics, dataset_name)
+
+
+def _lineage_users(path: Path, dataset_name: str, depth: int = 0) -> set[str]:
+    """The training users of the adapter whose metrics.json is ``path`` and of every adapter it was
+    continued from (``config.init_adapter``): a continued student has seen its parents' users too."""
     import json
 
-    path = layout.distill_metrics
-    if not path.exists():
-        return set()
+    from slim.artifacts import REPO_ROOT
     from slim.sft import trained_user_ids
 
+    if not path.exists() or depth > 8:
+        return set()
     m = json.loads(path.read_text())
+    parent = (m.get("config") or {}).get("init_adapter")
+    inherited = set()
+    if parent:
+        folder = Path(parent) if Path(parent).is_absolute() else REPO_ROOT / parent
+        inherited = _lineage_users((folder if folder.is_dir() else folder.parent) / "metrics.json", dataset_name,
+                                   depth + 1)
     primary = m.get("dataset") or dataset_name
     if primary != dataset_name and dataset_name not in m.get("also_datasets", []):
-        return set()
+        return inherited
     # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
-    return (trained_user_ids(m.get("users", []), primary, dataset_name)
-            - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
+    return inherited | (trained_user_ids(m.get("users", []), primary, dataset_name)
+                        - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
 
 
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
