@@ -263,20 +263,33 @@ def distilled_users(layout: RunLayout, dataset_name: str) -> set[str]:
     only when it was distilled on this dataset: a student distilled elsewhere says nothing about
     these rows. Its validation users stay in (they were held out of training).
     """
+    return _lineage_users(layout.distill_metrics, dataset_name)
+
+
+def _lineage_users(path: Path, dataset_name: str) -> set[str]:
+    """The training users of the adapter whose metrics.json is ``path`` and of every adapter it was
+    continued from (``config.init_adapter``): a continued student has seen its parents' users too."""
     import json
 
-    path = layout.distill_metrics
-    if not path.exists():
-        return set()
+    from slim.artifacts.layout import REPO_ROOT
     from slim.student.sft import trained_user_ids
 
-    m = json.loads(path.read_text())
-    primary = m.get("dataset") or dataset_name
-    if primary != dataset_name and dataset_name not in m.get("also_datasets", []):
-        return set()
-    # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
-    return (trained_user_ids(m.get("users", []), primary, dataset_name)
-            - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
+    users: set[str] = set()
+    seen: set[Path] = set()
+    while path.exists() and path not in seen:
+        seen.add(path)
+        m = json.loads(path.read_text())
+        primary = m.get("dataset") or dataset_name
+        if primary == dataset_name or dataset_name in m.get("also_datasets", []):
+            # a student of several datasets names its other datasets' users "<dataset>/<user_id>"
+            users |= (trained_user_ids(m.get("users", []), primary, dataset_name)
+                      - trained_user_ids(m.get("data", {}).get("val_users", []), primary, dataset_name))
+        parent = (m.get("config") or {}).get("init_adapter")
+        if not parent:
+            break
+        folder = Path(parent) if Path(parent).is_absolute() else REPO_ROOT / parent
+        path = (folder if folder.is_dir() else folder.parent) / "metrics.json"
+    return users
 
 
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:

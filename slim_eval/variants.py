@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slim.artifacts.layout import student_adapter
+from slim.artifacts.layout import RATIONALE_FILES, student_adapter
 
 VARIANT_NAMES = ("id", "text", "teacher", "slim", "match", "match-step1", "match-step2", "match-step3",
                  "match-teacher", "match-step3-clean", "match-clean", "slim-clean", "slim-gated", "teacher-gated",
@@ -98,7 +98,7 @@ def spec(name: str) -> VariantSpec:
 
 
 def producer_command(rationales: str, dataset: str, out: str | None = None, users: int | None = None,
-                     user_seed: int = 0, student_file: str = "student.jsonl") -> str:
+                     user_seed: int = 0, student_file: str = RATIONALE_FILES["student"]) -> str:
     """The slim_train command that writes ``rationales/<teacher|student>.jsonl`` for the evaluated users.
 
     Both splits are needed: the valid rationale (written from seq[:-2]) trains and selects the
@@ -114,7 +114,7 @@ def producer_command(rationales: str, dataset: str, out: str | None = None, user
         flags += f" --out {out}"
     if rationales == "teacher":
         return f"python -m slim_train teach --dataset {dataset}{flags} --max-tokens 256"
-    if student_file != "student.jsonl":  # reason writes rationales/<name>.jsonl
+    if student_file != RATIONALE_FILES["student"]:  # reason writes rationales/<name>.jsonl
         flags += f" --name {student_file.removesuffix('.jsonl')}"
     return (f"python -m slim_train reason --dataset {dataset}{flags} --workers 2 --max-tokens 160 "
             f"--adapter {student_adapter(dataset)}")

@@ -286,12 +286,15 @@ def test_reason_against_a_server_that_serves_the_lora_as_a_named_model(tmp_path)
     """The vLLM deployment (base model + the student's LoRA as a named model), played by llama.cpp's server:
     the endpoint path writes the in-process llama.cpp engine's text (greedy, penalty 1.0)."""
     pytest.importorskip("llama_cpp")
-    from slim.artifacts.layout import REPO_ROOT, student_adapter
+    from slim.artifacts.layout import REPO_ROOT, adapter_prompt
     from slim.lm.reasoners import LlamaCppServer
     from slim.lm.weights import student_gguf_path
     from slim_train.__main__ import main
 
-    adapter = REPO_ROOT / student_adapter("ml-100k")
+    # a student distilled on the plain prompt (v2): a grounded one decodes Step 3 under a grammar
+    # in process and from a numbered list behind an endpoint, so their texts differ by design
+    adapter = REPO_ROOT / "assets" / "student" / "adapter.gguf"
+    assert adapter_prompt(adapter) == "plain"
     base = ["reason", "--dataset", "ml-100k", "--users", "2", "--splits", "valid", "--max-tokens", "60",
             "--out", str(tmp_path)]
     main([*base, "--engine", "llama.cpp", "--workers", "1", "--adapter", str(adapter), "--name", "local"])

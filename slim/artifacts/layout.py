@@ -29,7 +29,7 @@ RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
 # One table because three places must agree on it: the command a report prints to make missing
 # rationales (``reason`` without ``--adapter`` runs the *undistilled* base model), the rationales the
 # reported numbers came from, and the student the demo runs live for that dataset.
-STUDENT_ADAPTERS = {"ml-100k": "assets/student/adapter.gguf"}  # v2: distilled on 700 ML-100K teacher rationales
+STUDENT_ADAPTERS = {"ml-100k": "assets/student-v4/adapter.gguf"}  # v4: v3 continued on grounded ML-100K + Games rows
 OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v3: v2 continued on 300 Games teacher rationales
 # Every student the repository ships (folders): held-out comparisons leave out the users any of them
 # was distilled on, so no rationale file is measured on its student's training data.

@@ -184,7 +184,9 @@ class ModelsMixin:
                                  else "`python -m slim_train models --teacher` installs the local one") + ")"
                 if src is None else f"{src[1]} (OpenAI-compatible endpoint)" if src[0] == "endpoint"
                 else "Qwen2.5-Coder-1.5B-Instruct GGUF in llama.cpp, live")
-        cached = [r for r in self.dataset_status(name).rationales if r.endswith("/teacher.jsonl")]
+        # in the order cached_teacher reads them: a grounded row first where one covers the user
+        files = self.dataset_status(name).rationales
+        cached = [r for f in ("/teacher-grounded.jsonl", "/teacher.jsonl") for r in files if r.endswith(f)]
         cks = self.checkpoints(name)
         best = {v: next(iter(self._best(cks, v, untagged_only=v == "match")), None) for v in ("slim", "id", "match")}
         usable = {v: c for v, c in best.items() if c is not None and str(c.path) not in self.refused}
@@ -202,7 +204,8 @@ class ModelsMixin:
         if refused:
             ranker += f" ({len(refused)} checkpoint(s) refused: their inputs differ, see the log)"
         return (f"**Student:** {student}. **Teacher:** {live}"
-                + (f"; cached rationales for dataset users from `{cached[0]}`" if cached else "")
+                + (f"; cached rationales for dataset users from " + " then ".join(f"`{c}`" for c in cached[:2])
+                   if cached else "")
                 + f". **Ranking:** {ranker}.")
 
     # ---- cached teacher rationales ----------------------------------------------------------
