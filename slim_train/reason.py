@@ -61,6 +61,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "for a student distilled on the grounded prompt (its metrics.json), else free")
     p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
     p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    p.add_argument("--step3-pick", choices=("grammar", "likelihood", "pmi"), default="grammar",
+                   help="how the grammar path chooses the --k items (slim.lm.grounding.GroundingConfig.pick): "
+                   "greedy under the grammar, the highest log-likelihood titles, or likelihood minus the "
+                   "likelihood after an empty history (PMI)")
     p.add_argument("--popularity-weight", type=float, default=None,
                    help="weight of the training popularity prior in the shortlist (default: the dataset's, "
                         "slim.grounding.POPULARITY_WEIGHT)")
@@ -158,7 +162,7 @@ def main(args: argparse.Namespace) -> None:
             from slim.lm.grounding import GroundingConfig
 
             grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates,
-                                               popularity_weight=args.popularity_weight))
+                                               popularity_weight=args.popularity_weight, pick=args.step3_pick))
         rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
                          workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)

@@ -100,3 +100,60 @@ def test_grounded_rows_name_k_distinct_new_catalogue_items(student, ml100k):
         step3 = parse_steps(row["rationale"]).steps
         if step3:  # the small untuned model may not write Step 1/2 headers; the items are grounded anyway
             assert step3_items(step3[2]) == [index.display[i] for i in items]
+
+
+def test_score_continuations_equals_the_log_probs_of_a_logits_all_context(student):
+    """The per-token logits read from one flagged batch equal llama-cpp-python's own logits_all path."""
+    from llama_cpp import Llama
+
+    from slim.lm.reasoners import _log_softmax
+
+    messages = [{"role": "user", "content": "<history>\n1. Star Wars (1977)\n2. Fargo (1996)\n</history>\nNext?"}]
+    continuations = [" Heat (1995)\n", " The English Patient (1996)\n", " 12 Monkeys (1995)\n"]
+    got = student.score_continuations(messages, "Step 3:\n1.", continuations)
+    # a second call after other work reuses the evaluated prefix and must give the same numbers
+    student.complete(messages, "Step 1:", stop=["\n"])
+    assert np.allclose(student.score_continuations(messages, "Step 3:\n1.", continuations), got, atol=1e-6)
+    ref = Llama(model_path=student.model_path, logits_all=True, n_ctx=2048, n_threads=1, verbose=False)
+    rendered = student._chat_formatter()(messages=messages)
+    prefix = ref.tokenize((rendered.prompt + "Step 3:\n1.").encode(), add_bos=not rendered.added_special, special=True)
+    for text, value in zip(continuations, got):
+        cont = ref.tokenize(text.encode(), add_bos=False, special=False)
+        ref.reset()
+        ref.eval(prefix + cont)
+        logp = _log_softmax(np.asarray(ref.scores[len(prefix) - 1:len(prefix) + len(cont) - 1], dtype=np.float64))
+        assert value == pytest.approx(float(logp[np.arange(len(cont)), cont].sum()), abs=1e-3)
+    assert len(set(np.round(got, 3))) == 3  # three titles, three different likelihoods
+
+
+@pytest.mark.parametrize("pick", ["likelihood", "pmi"])
+def test_scored_picks_are_the_k_best_scored_new_catalogue_items(student, ml100k, pick):
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.grounding import STEP3_HEADER, split_step3
+    from slim.lm.prompts import prompt_builder as prompt_fn
+    from slim.lm.rationales import grounded_row, grounding_shortlist, prompt_for
+    from slim.lm.reasoners import GenerationParams
+
+    cfg = GroundingConfig(k=3, n_candidates=20, pick=pick)
+    index = CandidateIndex.for_dataset(ml100k, item_text_matrix(ml100k, TextEncoder()))
+    fn = prompt_fn("student", ml100k.name, "dataset")
+    user = 3
+    row = grounded_row(student, ml100k, user, "valid", fn, GenerationParams(max_tokens=64), "student", cfg, index)
+    items = row["step3_items"]
+    assert len(items) == 3 and len(set(items)) == 3 and not set(items) & set(map(int, ml100k.history(user, "valid")))
+    assert row["step3_path"] == f"scored-{pick}" and row["grounding"]["pick"] == pick
+    # the picks are the top 3 of the scores the reasoner gives the shortlist after the row's own Steps 1-2
+    shortlist, titles = grounding_shortlist(ml100k, user, "valid", cfg, index)
+    head = split_step3(row["rationale"])[0]
+    conts = [f" {t}\n" for t in titles]
+    scores = np.asarray(student.score_continuations(prompt_for(ml100k, user, "valid", fn, candidates=titles, k=3),
+                                                    head.rstrip() + STEP3_HEADER + "1.", conts))
+    if pick == "pmi":
+        scores -= np.asarray(student.score_continuations(fn([], candidates=titles, k=3), "Step 3:\n1.", conts))
+    assert items == [shortlist[j] for j in np.argsort(-scores, kind="stable")[:3]]
+    assert step3_items(split_step3(row["rationale"])[1]) == [index.display[i] for i in items]
+
+
+def test_an_unknown_pick_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="grammar"):
+        GroundingConfig(pick="beam")

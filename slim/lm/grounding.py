@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -29,6 +30,9 @@ import numpy as np
 
 from slim.data.split import history_end
 from slim.lm.titles import SNAP_CUTOFF, display_title, title_match
+
+PICKS = ("grammar", "likelihood", "pmi")
+
 
 @dataclass(frozen=True)
 class GroundingConfig:
@@ -41,10 +45,17 @@ class GroundingConfig:
     # weight of the standardised log training popularity added to the cosine; None: the dataset's
     # value chosen on validation users (POPULARITY_WEIGHT)
     popularity_weight: float | None = None
+    # how the K items are chosen from the shortlist: "grammar" = greedy decoding under a grammar over
+    # the titles not chosen yet; "likelihood" = the K titles of highest log p(title | prompt, Steps 1-2);
+    # "pmi" = likelihood minus log p(title | the same prompt with an empty history), which discounts
+    # the titles the model names whoever the user is (surface-form competition, Holtzman et al. 2021)
+    pick: str = "grammar"
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_candidates < self.k or self.recent < 1:
             raise ValueError(f"grounding needs 1 <= k <= n_candidates and recent >= 1, got {self}")
+        if self.pick not in PICKS:
+            raise ValueError(f"grounding pick must be one of {PICKS}, got {self.pick!r}")
 
     def record(self) -> dict:
         return {**asdict(self), "candidates": "MiniLM cosine to the mean of the last `recent` history items "
@@ -245,12 +256,15 @@ def with_step3(head: str, titles: Sequence[str]) -> str:
     return (head.rstrip().rstrip("*#").rstrip() + STEP3_HEADER).lstrip("\n") + lines
 
 
-def grounded_generation(reasoner, messages, candidates: Sequence[str], params, cfg: GroundingConfig):
-    """Steps 1-2 free, then Step 3 = ``cfg.k`` grammar-bound picks: ``(Generation, picked candidate positions)``.
+def grounded_generation(reasoner, messages, candidates: Sequence[str], params, cfg: GroundingConfig,
+                        null_messages=None):
+    """Steps 1-2 free, then Step 3 = ``cfg.k`` distinct candidates: ``(Generation, picked candidate positions)``.
 
-    ``reasoner`` needs ``complete(messages, prefix, params, stop=, grammar=)`` (slim.reasoners.
-    LlamaCppReasoner). Each pick's grammar holds the candidates not picked yet, so the K items are
-    distinct; the answer text reads ``Step 3:\\n1. <title>\\n2. ...`` like a free one.
+    ``reasoner`` needs ``complete(messages, prefix, params, stop=, grammar=)`` (slim.lm.reasoners.
+    LlamaCppReasoner), and ``score_continuations`` for the scored picks. ``cfg.pick == "grammar"``:
+    each pick's grammar holds the candidates not picked yet, so the K items are distinct. Scored picks
+    rank every candidate once after ``Step 3:\n1.``; ``"pmi"`` also scores them after ``null_messages``
+    (the same prompt with an empty history). Either way the answer reads ``Step 3:\n1. <title>\n2. ...``.
     """
     from slim.lm.reasoners import Generation, GenerationParams
 
@@ -258,6 +272,12 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
     if head.error:
         return head, []
     text = head.text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
+    if cfg.pick != "grammar":
+        t0 = time.perf_counter()
+        picked = scored_picks(reasoner, messages, text, candidates, cfg, null_messages)
+        seconds = head.seconds + time.perf_counter() - t0
+        return Generation(with_step3(head.text, [candidates[j] for j in picked]), head.completion_tokens,
+                          head.prompt_tokens, seconds, head.model, "stop"), picked
     picked: list[int] = []
     tokens, seconds = head.completion_tokens, head.seconds
     item_params = GenerationParams(**{**params.as_dict(), "max_tokens": cfg.item_max_tokens})
@@ -276,3 +296,20 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
         picked.append(left[j])
         text += candidates[left[j]] + "\n"
     return Generation(text.rstrip(), tokens, head.prompt_tokens, seconds, head.model, "stop"), picked
+
+
+def scored_picks(reasoner, messages, answer: str, candidates: Sequence[str], cfg: GroundingConfig,
+                 null_messages=None) -> list[int]:
+    """The ``cfg.k`` candidates of highest score as the first Step-3 line after ``answer`` (ties: list order).
+
+    A title is scored with its line break, so a title that is the prefix of a longer one is not
+    favoured for being short.
+    """
+    continuations = [f" {t}\n" for t in candidates]
+    scores = np.asarray(reasoner.score_continuations(messages, answer + "1.", continuations))
+    if cfg.pick == "pmi":
+        if null_messages is None:
+            raise ValueError("pick 'pmi' needs null_messages: the prompt with an empty history")
+        scores = scores - np.asarray(reasoner.score_continuations(null_messages, STEP3_HEADER.lstrip("\n") + "1.",
+                                                                  continuations))
+    return [int(j) for j in np.argsort(-scores, kind="stable")[: cfg.k]]

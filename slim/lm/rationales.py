@@ -107,9 +107,11 @@ def grounded_row(reasoner, ds, user: int, split: str, prompt, params: Generation
 
     shortlist, titles = grounding_shortlist(ds, user, split, cfg, index)
     messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
-    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg)
+    null_messages = prompt([], candidates=titles, k=cfg.k) if cfg.pick == "pmi" else None
+    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg, null_messages)
     row = make_row(ds, user, split, messages, gen, params, role)
-    row.update(step3_items=[int(shortlist[j]) for j in picked], step3_path="grammar", grounding=cfg.record())
+    row.update(step3_items=[int(shortlist[j]) for j in picked],
+               step3_path="grammar" if cfg.pick == "grammar" else f"scored-{cfg.pick}", grounding=cfg.record())
     return row
 
 

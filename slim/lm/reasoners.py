@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
+import numpy as np
+
 from slim.lm.prompts import Messages
 
 
@@ -223,6 +225,12 @@ def _penalty(params: GenerationParams) -> float:
     return 1.0 if params.repeat_penalty is None else params.repeat_penalty
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of logits (float64: sums of a dozen token log-probs must not drift)."""
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
 class LlamaCppReasoner:
     """llama.cpp in this process. One context is not thread-safe, so calls are serialised."""
 
@@ -319,6 +327,52 @@ class LlamaCppReasoner:
         choice, usage = resp["choices"][0], resp["usage"]
         return Generation(choice["text"] or "", usage["completion_tokens"], usage["prompt_tokens"],
                           time.perf_counter() - t0, self.model_name, choice.get("finish_reason") or "stop")
+
+    def score_continuations(self, messages: Messages, prefix: str, continuations: Sequence[str]) -> list[float]:
+        """Sum of the token log-probabilities of each continuation after the answer ``prefix``.
+
+        One pass per continuation over a shared, evaluated prefix (LlamaRec's verbalizer scoring): the
+        prefix is decoded once, each continuation is decoded as one batch with logits on every token,
+        then dropped from the KV cache. llama-cpp-python keeps no per-token logits unless the whole
+        context is built with ``logits_all`` (every prompt token pays for the vocabulary projection),
+        so the batch is flagged here through its own ``_batch``/``_ctx`` (pinned version; the values
+        are checked against a ``logits_all`` context in tests/test_reasoners.py).
+        """
+        llm = self._llm
+        rendered = self._chat_formatter()(messages=messages)
+        n_vocab = llm.n_vocab()
+        with self._lock:
+            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
+                                  special=True)
+            # reuse what is evaluated already (the head complete() just wrote), keep >= 1 token to decode
+            done, common = llm.input_ids[: llm.n_tokens], 0
+            while common < min(len(done), len(tokens) - 1) and done[common] == tokens[common]:
+                common += 1
+            llm.n_tokens = common
+            llm.eval(tokens[common:])
+            base = len(tokens)
+            first = _log_softmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
+            out = []
+            for text in continuations:
+                cont = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+                if not cont:
+                    out.append(0.0)
+                    continue
+                if base + len(cont) > llm.n_ctx():
+                    raise ValueError(f"prompt + continuation ({base + len(cont)} tokens) exceed n_ctx {llm.n_ctx()}")
+                llm._ctx.kv_cache_seq_rm(-1, base, -1)
+                llm._batch.set_batch(batch=cont, n_past=base, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(cont) * n_vocab,))
+                rows = rows.reshape(len(cont), n_vocab)[:-1].astype(np.float64)
+                total = first[cont[0]]
+                if len(cont) > 1:
+                    logp = _log_softmax(rows)
+                    total += float(logp[np.arange(len(cont) - 1), cont[1:]].sum())
+                out.append(float(total))
+            llm._ctx.kv_cache_seq_rm(-1, base, -1)
+            llm.n_tokens = base
+        return out
 
     def stream(self, messages: Messages, params: GenerationParams | None = None) -> Iterator[str]:
         params = params or GenerationParams()

@@ -1,0 +1,86 @@
+"""Which way of choosing the grounded Step 3's items measures best, on validation targets only.
+
+The student writes Steps 1-2 freely; its K Step-3 items come from the same 20-item shortlist
+(slim.lm.grounding) by one of three picks (GroundingConfig.pick): greedy decoding under a grammar,
+the K titles of highest likelihood, or likelihood minus the likelihood after an empty history
+(PMI). Users are a seeded sample of those no shipped student was distilled on; only their
+validation split is generated and measured, so choosing the default here is model selection.
+
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python bench/step3_pick.py --dataset ml-100k --users 80
+
+Each pick's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<pick>.jsonl`` (resumable:
+a rerun generates only the missing rows), written by ``python -m slim_train reason``; the table is
+slim.lm.rationale_quality's measures on exactly those rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from slim.artifacts.layout import REPO_ROOT, RunLayout
+from slim.data.dataset import load_dataset
+from slim.eval.metrics import sampled_negatives
+from slim.lm import rationale_quality
+from slim.lm.encoders import TextEncoder
+from slim_eval import inputs
+from slim_eval.pipeline import heldout_pairs
+from slim_eval.run import N_NEGATIVES, NEGATIVES_SEED
+
+MEASURES = ("target_item_hit", "target_genre_hit", "step3_distinct_items", "step3_top3_share", "step1_distinct",
+            "step2_distinct", "zero_shot_ndcg10", "history_zero_shot_ndcg10", "mean_seconds")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--users", type=int, default=80, help="held-out users in the seeded sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    p.add_argument("--picks", default="grammar,likelihood,pmi")
+    p.add_argument("--model", default="runs/merged/student-v4-q8_0.gguf",
+                   help="the merged student (python -m slim_train merge --adapter assets/student-v4 --quant q8_0 "
+                        "--out runs/merged/student-v4-q8_0.gguf)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", default="runs/bench-step3-pick")
+    args = p.parse_args()
+    ds = load_dataset(args.dataset)
+    shipped = RunLayout.for_dataset(args.dataset).rationales("student")
+    _, pairs = heldout_pairs([shipped], ds.name)
+    held_out = sorted({u for u, _ in pairs})
+    users = sorted(np.random.default_rng(args.seed).choice(held_out, min(args.users, len(held_out)), replace=False))
+    out = Path(args.out) / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    ids = out / "users.jsonl"
+    ids.write_text("".join(json.dumps({"user_id": str(u)}) + "\n" for u in users))
+    files = {}
+    for pick in args.picks.split(","):
+        name = f"pick-{pick}"
+        subprocess.run([sys.executable, "-m", "slim_train", "reason", "--dataset", args.dataset, "--user-ids", f"@{ids}",
+                        "--splits", "valid", "--max-tokens", "160", "--model", args.model, "--adapter", "none",
+                        "--step3", "grammar", "--step3-pick", pick, "--domain", "dataset", "--workers",
+                        str(args.workers), "--out", str(out), "--name", name], check=True, cwd=REPO_ROOT)
+        files[pick] = out / "rationales" / f"{name}.jsonl"
+    encoder = TextEncoder()
+    items = inputs.item_text(ds, encoder)
+    negatives = sampled_negatives(ds, N_NEGATIVES, NEGATIVES_SEED)
+    only = {(str(u), "valid") for u in users}
+    reports = {pick: rationale_quality.quality_report(ds, f, encoder=encoder, item_vectors=items, negatives=negatives,
+                                                      only=only) for pick, f in files.items()}
+    print(f"{ds.name}: {len(users)} held-out users, valid split; sampled zero-shot NDCG@10 (1 target + "
+          f"{N_NEGATIVES} negatives)")
+    print(f"{'measure':<26}" + "".join(f"{p:>12}" for p in reports))
+    for m in MEASURES:
+        print(f"{m:<26}" + "".join(f"{_cell(r.get(m)):>12}" for r in reports.values()))
+    (out / "step3-pick.json").write_text(json.dumps({"users": [str(u) for u in users], "reports": reports}, indent=1))
+
+
+def _cell(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+if __name__ == "__main__":
+    main()
