@@ -73,8 +73,8 @@ def main() -> None:
         from slim.lm.encoders import TextEncoder, item_text_matrix
         from slim.lm.grounding import CandidateIndex, GroundingConfig
 
-        cfg = GroundingConfig()
-        index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)
+        cfg = GroundingConfig.for_dataset(ds.name)
+        index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
         shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
         grounded = (shortlists, cfg)
         student_prompts = [student_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]

@@ -41,8 +41,8 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
             from slim.lm.grounding import CandidateIndex, GroundingConfig
 
             cfg = _WORKER["grounding"] = GroundingConfig(**grounding)
-            _WORKER["candidates"] = CandidateIndex.for_dataset(
-                _WORKER["ds"], item_text_matrix(_WORKER["ds"], TextEncoder()), cfg.popularity_weight)
+            _WORKER["candidates"] = CandidateIndex.for_config(_WORKER["ds"], item_text_matrix(_WORKER["ds"],
+                                                                                        TextEncoder()), cfg)
     except Exception as e:  # noqa: BLE001 - re-raised in _work with its message
         _WORKER["error"] = f"{type(e).__name__}: {e}"
 

@@ -67,7 +67,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "likelihood after an empty history (PMI)")
     p.add_argument("--popularity-weight", type=float, default=None,
                    help="weight of the training popularity prior in the shortlist (default: the dataset's, "
-                        "slim.grounding.POPULARITY_WEIGHT)")
+                        "slim.lm.grounding.SHORTLIST)")
+    p.add_argument("--hubness-weight", type=float, default=None,
+                   help="weight of the hubness correction in the shortlist (default: the dataset's, "
+                        "slim.lm.grounding.SHORTLIST; 0 = none)")
     p.add_argument("--domain", default=None,
                    help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
                    "or a plural noun; default: the wording the student was distilled on (`dataset` for a "
@@ -161,8 +164,10 @@ def main(args: argparse.Namespace) -> None:
 
             from slim.lm.grounding import GroundingConfig
 
-            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates,
-                                               popularity_weight=args.popularity_weight, pick=args.step3_pick))
+            grounding = asdict(GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
+                                                           popularity_weight=args.popularity_weight,
+                                                           hubness_weight=args.hubness_weight,
+                                                           pick=args.step3_pick))
         rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
                          workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)

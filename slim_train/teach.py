@@ -119,7 +119,7 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
 
             from slim.lm.grounding import GroundingConfig
 
-            grounding = asdict(GroundingConfig(k=args.k, n_candidates=args.candidates))
+            grounding = asdict(GroundingConfig.for_dataset(args.dataset, k=args.k, n_candidates=args.candidates))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
@@ -156,8 +156,9 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     from slim.lm.encoders import TextEncoder, item_text_matrix
     from slim.lm.grounding import CandidateIndex, GroundingConfig
 
-    cfg = GroundingConfig(k=args.k, n_candidates=args.candidates, popularity_weight=getattr(args, "popularity_weight", None))
+    cfg = GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
+                                     popularity_weight=getattr(args, "popularity_weight", None))
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
           f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
-    index = CandidateIndex.for_dataset(ds, item_text_matrix(ds, TextEncoder()), cfg.popularity_weight)
+    index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
     return {"grounding": cfg, "candidates": index}

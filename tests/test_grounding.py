@@ -157,3 +157,58 @@ def test_scored_picks_are_the_k_best_scored_new_catalogue_items(student, ml100k,
 def test_an_unknown_pick_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="grammar"):
         GroundingConfig(pick="beam")
+
+
+def test_hubness_is_each_items_mean_cosine_to_its_nearest_train_prefix_histories(ml100k):
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.grounding import hubness
+
+    index = CandidateIndex(["" for _ in range(ml100k.n_items + 1)], item_text_matrix(ml100k, TextEncoder()))
+    got = hubness(ml100k, index.vectors, recent=5, k=50)
+    # brute force over every user's train prefix (ML-100K has fewer users than the sample cap)
+    q = np.stack([index.vectors[np.asarray(ml100k.history(u, "valid"))[-5:]].mean(axis=0) for u in range(ml100k.n_users)])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    sims = np.sort(q @ index.vectors[1:].T, axis=0)[-50:].mean(axis=0)
+    assert np.allclose(got[1:], sims, atol=1e-5)
+
+
+def test_the_hubness_correction_offers_the_hub_items_to_fewer_users(ml100k):
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+
+    vectors = item_text_matrix(ml100k, TextEncoder())
+    users = np.random.default_rng(0).choice(ml100k.n_users, 200, replace=False)
+
+    def most_offered(cfg: GroundingConfig) -> int:
+        index = CandidateIndex.for_config(ml100k, vectors, cfg)
+        lists = [index.candidates(ml100k.history(u, "valid"), cfg.n_candidates, cfg.recent) for u in users]
+        return int(np.bincount(np.concatenate(lists)).max())
+
+    plain = most_offered(GroundingConfig(popularity_weight=0.1, hubness_weight=0.0))
+    corrected = most_offered(GroundingConfig(popularity_weight=0.1, hubness_weight=0.5))
+    assert corrected < 0.8 * plain
+
+
+def test_new_rows_record_the_validated_shortlist_and_old_rows_keep_theirs(ml100k):
+    """A row without the hubness fields (written before they existed) rebuilds the shortlist it was
+    made with: its prompt hashes to the row's own prompt_hash."""
+    import json
+    from pathlib import Path
+
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.prompts import prompt_builder, prompt_hash
+    from slim.lm.rationales import grounding_shortlist, prompt_for
+
+    cfg = GroundingConfig.for_dataset("ml-100k")
+    assert (cfg.popularity_weight, cfg.hubness_weight) == (0.1, 0.5) and cfg.record()["hubness_weight"] == 0.5
+    assert GroundingConfig.for_dataset("ml-100k", hubness_weight=0.0, k=None).hubness_weight == 0.0
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "student.jsonl"
+    with shipped.open() as f:
+        row = json.loads(next(f))
+    old = GroundingConfig(**{k: v for k, v in row["grounding"].items() if k != "candidates"})
+    assert old.hubness_weight == 0.0 and old.popularity_weight is None
+    index = CandidateIndex.for_config(ml100k, item_text_matrix(ml100k, TextEncoder()), old)
+    user = ml100k.user_index[str(row["user_id"])]
+    _, titles = grounding_shortlist(ml100k, user, row["split"], old, index)
+    messages = prompt_for(ml100k, user, row["split"], prompt_builder("student", "ml-100k", "dataset"),
+                          candidates=titles, k=old.k)
+    assert prompt_hash(messages) == row["prompt_hash"]

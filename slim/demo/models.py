@@ -148,9 +148,9 @@ class ModelsMixin:
         vectors = self.item_text(name)
         with self._lock:
             if name not in self._candidates:
-                from slim.lm.grounding import CandidateIndex
+                from slim.lm.grounding import CandidateIndex, GroundingConfig
 
-                self._candidates[name] = CandidateIndex.for_dataset(ds, vectors)
+                self._candidates[name] = CandidateIndex.for_config(ds, vectors, GroundingConfig.for_dataset(name))
             return self._candidates[name]
 
     def grounding(self, req: Request) -> Grounding:
@@ -159,7 +159,7 @@ class ModelsMixin:
         the whole history, not only the prompt's last 20), never the held-out item's identity."""
         from slim.lm.grounding import GroundingConfig
 
-        cfg = GroundingConfig()
+        cfg = GroundingConfig.for_dataset(req.dataset)
         index = self.candidate_index(req.dataset)
         shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent)
         return Grounding(shortlist, [index.display[i] for i in shortlist], cfg)

@@ -141,11 +141,11 @@ class ShortlistFor:
         from slim.lm.grounding import CandidateIndex, GroundingConfig
 
         conf = {k: v for k, v in row["grounding"].items() if k != "candidates"}
-        cfg = GroundingConfig(**conf)
-        if cfg.popularity_weight not in self._indexes:
-            self._indexes[cfg.popularity_weight] = CandidateIndex.for_dataset(self.dataset, self.vectors,
-                                                                              cfg.popularity_weight)
-        index = self._indexes[cfg.popularity_weight]
+        cfg = GroundingConfig(**conf)  # a row written before a field existed gets its old meaning
+        key = (cfg.popularity_weight, cfg.hubness_weight, cfg.hubness_k, cfg.recent)
+        if key not in self._indexes:
+            self._indexes[key] = CandidateIndex.for_config(self.dataset, self.vectors, cfg)
+        index = self._indexes[key]
         ids = index.candidates(history, cfg.n_candidates, cfg.recent)
         return [index.display[i] for i in ids], ids, cfg.k
 
