@@ -6,11 +6,15 @@ the K titles of highest likelihood, or likelihood minus the likelihood after an 
 (PMI). Users are a seeded sample of those no shipped student was distilled on; only their
 validation split is generated and measured, so choosing the default here is model selection.
 
-    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python bench/step3_pick.py --dataset ml-100k --users 80
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python bench/step3_pick.py --dataset ml-100k --users 80 \
+        --runs likelihood/legacy,pmi/legacy,grammar/validated,pmi/validated
 
-Each pick's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<pick>.jsonl`` (resumable:
-a rerun generates only the missing rows), written by ``python -m slim_train reason``; the table is
-slim.lm.rationale_quality's measures on exactly those rows.
+A run is ``<pick>/<shortlist>``: ``legacy`` is the shortlist the shipped rows were made with (the
+dataset's POPULARITY_WEIGHT, no hubness correction), ``validated`` the dataset's SHORTLIST. Each
+run's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<pick>-<shortlist>.jsonl``
+(resumable: a rerun generates only the missing rows), written by ``python -m slim_train reason``;
+the table is slim.lm.rationale_quality's measures on exactly those rows, beside the shipped
+student's rows for the same users (``shipped``: grammar over the legacy shortlist).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from slim.data.dataset import load_dataset
 from slim.eval.metrics import sampled_negatives
 from slim.lm import rationale_quality
 from slim.lm.encoders import TextEncoder
+from slim.lm.grounding import DEFAULT_POPULARITY_WEIGHT, DEFAULT_SHORTLIST, POPULARITY_WEIGHT, SHORTLIST
 from slim_eval import inputs
 from slim_eval.pipeline import heldout_pairs
 from slim_eval.run import N_NEGATIVES, NEGATIVES_SEED
@@ -40,15 +45,16 @@ def main() -> None:
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--users", type=int, default=80, help="held-out users in the seeded sample")
     p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
-    p.add_argument("--picks", default="grammar,likelihood,pmi")
+    p.add_argument("--runs", default="likelihood/legacy,pmi/legacy,grammar/validated,pmi/validated")
     p.add_argument("--model", default="runs/merged/student-v4-q8_0.gguf",
                    help="the merged student (python -m slim_train merge --adapter assets/student-v4 --quant q8_0 "
                         "--out runs/merged/student-v4-q8_0.gguf)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--shipped", default="student", help="the shipped student file to compare with (rationales/<name>.jsonl)")
     p.add_argument("--out", default="runs/bench-step3-pick")
     args = p.parse_args()
     ds = load_dataset(args.dataset)
-    shipped = RunLayout.for_dataset(args.dataset).rationales("student")
+    shipped = RunLayout.for_dataset(args.dataset, student_file=f"{args.shipped}.jsonl").rationales("student")
     _, pairs = heldout_pairs([shipped], ds.name)
     held_out = sorted({u for u, _ in pairs})
     users = sorted(np.random.default_rng(args.seed).choice(held_out, min(args.users, len(held_out)), replace=False))
@@ -56,14 +62,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ids = out / "users.jsonl"
     ids.write_text("".join(json.dumps({"user_id": str(u)}) + "\n" for u in users))
-    files = {}
-    for pick in args.picks.split(","):
-        name = f"pick-{pick}"
+    files = {"shipped": shipped}
+    for run in args.runs.split(","):
+        pick, shortlist = run.split("/")
+        popularity, hub = ((POPULARITY_WEIGHT.get(ds.name, DEFAULT_POPULARITY_WEIGHT), 0.0) if shortlist == "legacy"
+                           else SHORTLIST.get(ds.name, DEFAULT_SHORTLIST))
+        name = f"pick-{pick}-{shortlist}"
         subprocess.run([sys.executable, "-m", "slim_train", "reason", "--dataset", args.dataset, "--user-ids", f"@{ids}",
                         "--splits", "valid", "--max-tokens", "160", "--model", args.model, "--adapter", "none",
-                        "--step3", "grammar", "--step3-pick", pick, "--domain", "dataset", "--workers",
-                        str(args.workers), "--out", str(out), "--name", name], check=True, cwd=REPO_ROOT)
-        files[pick] = out / "rationales" / f"{name}.jsonl"
+                        "--step3", "grammar", "--step3-pick", pick, "--popularity-weight", str(popularity),
+                        "--hubness-weight", str(hub), "--domain", "dataset", "--workers", str(args.workers),
+                        "--out", str(out), "--name", name], check=True, cwd=REPO_ROOT)
+        files[run] = out / "rationales" / f"{name}.jsonl"
     encoder = TextEncoder()
     items = inputs.item_text(ds, encoder)
     negatives = sampled_negatives(ds, N_NEGATIVES, NEGATIVES_SEED)
@@ -72,9 +82,9 @@ def main() -> None:
                                                       only=only) for pick, f in files.items()}
     print(f"{ds.name}: {len(users)} held-out users, valid split; sampled zero-shot NDCG@10 (1 target + "
           f"{N_NEGATIVES} negatives)")
-    print(f"{'measure':<26}" + "".join(f"{p:>12}" for p in reports))
+    print(f"{'measure':<26}" + "".join(f"{p:>20}" for p in reports))
     for m in MEASURES:
-        print(f"{m:<26}" + "".join(f"{_cell(r.get(m)):>12}" for r in reports.values()))
+        print(f"{m:<26}" + "".join(f"{_cell(r.get(m)):>20}" for r in reports.values()))
     (out / "step3-pick.json").write_text(json.dumps({"users": [str(u) for u in users], "reports": reports}, indent=1))
 
 
