@@ -3,7 +3,7 @@ bf16 autocast, in the same process.
 
     OMP_WAIT_POLICY=PASSIVE python bench/distill_precision.py --threads 2
 
-`slim_train.distill.resolve_precision` picks bf16 only where the CPU flags say bf16 matmuls are native
+`slim_train.distill.device.resolve_precision` picks bf16 only where the CPU flags say bf16 matmuls are native
 (avx512_bf16, amx_bf16): bf16 autocast was 15x slower than fp32 on an AVX2-only box (its docstring).
 This script checks the choice on the box at hand.
 """
@@ -42,7 +42,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from slim.student.hf_model import student_hf_path
-    from slim_train.distill import NATIVE_BF16_FLAGS, DistillConfig, cpu_flags, resolve_precision
+    from slim_train.distill.config import DistillConfig
+    from slim_train.distill.device import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -118,7 +118,7 @@ def assert_same_adapter(a, b):
 
 
 def test_distill_runs_resumes_and_writes_an_adapter(ds, tmp_path, monkeypatch):
-    import slim_train.distill as distill
+    import slim_train.distill.checkpoint as distill
 
     teacher = tmp_path / "teacher.jsonl"
     write_jsonl(teacher, teacher_rows(ds, 8))
@@ -200,7 +200,7 @@ def test_resume_after_a_step_logged_but_not_checkpointed_equals_the_uninterrupte
 
 
 def test_recover_checkpoint_picks_the_newest_complete_folder(tmp_path):
-    from slim_train.distill import COMPLETE, recover_checkpoint
+    from slim_train.distill.checkpoint import COMPLETE, recover_checkpoint
 
     def folder(name, step, complete=True):
         d = tmp_path / name
@@ -233,7 +233,7 @@ def test_recover_checkpoint_picks_the_newest_complete_folder(tmp_path):
 
 
 def test_trim_log_drops_rows_after_the_checkpoint(tmp_path):
-    from slim_train.distill import trim_log
+    from slim_train.distill.checkpoint import trim_log
 
     log = tmp_path / "log.jsonl"
     rows = [{"event": "start"}, {"step": 0, "val_loss": 2.0}, {"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.4},
@@ -266,7 +266,7 @@ def test_init_adapter_continues_from_an_existing_student(ds, tmp_path):
 def test_train_can_change_precision_within_one_process():
     """accelerate's state is process-wide: a second distillation in the same process (a test session,
     a notebook) with another precision must not fail (seen on an AVX512 box: `auto` -> bf16, then `no`)."""
-    from slim_train.distill import make_accelerator
+    from slim_train.distill.device import make_accelerator
 
     assert make_accelerator("bf16").mixed_precision == "bf16"
     assert make_accelerator("no").mixed_precision == "no"
@@ -278,7 +278,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_native_bf16():
     where it is emulated, so `auto` reads the CPU flags."""
     import torch
 
-    from slim_train.distill import cpu_flags, resolve_precision
+    from slim_train.distill.device import cpu_flags, resolve_precision
 
     if torch.cuda.is_available():
         pytest.skip("auto picks the GPU's precision")

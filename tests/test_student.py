@@ -90,7 +90,8 @@ def test_converted_folder_matches_llama_cpp_on_the_gguf(base, prompts):
 
 @pytest.fixture(scope="module")
 def tiny_adapter(ml100k, base, tmp_path_factory):
-    from slim_train.distill import DistillConfig, train
+    from slim_train.distill.config import DistillConfig
+    from slim_train.distill.loop import train
 
     rows = [{"user_id": str(ml100k.user_ids[u]), "user_idx": u, "split": "valid", "status": "ok",
              "history_len": int(len(ml100k.history(u, "valid"))), "rationale": RATIONALE, "model": "test"}

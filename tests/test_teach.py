@@ -104,7 +104,7 @@ def test_a_worker_that_cannot_load_its_model_fails_the_run_instead_of_hanging(tm
 
 def test_distillation_reads_only_train_prefix_rows():
     """A teacher file with both splits (the `teacher` variant's) must give one valid row per user."""
-    from slim_train.distill import select_rows
+    from slim_train.distill.data import select_rows
 
     rows = [{"user_id": u, "split": s, "status": "ok"} for u in ("1", "2") for s in ("valid", "test")]
     assert [(r["user_id"], r["split"]) for r in select_rows(rows, None, None)] == [("1", "valid"), ("2", "valid")]
