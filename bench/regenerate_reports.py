@@ -20,7 +20,7 @@ import time
 from slim.artifacts.layout import RunLayout
 from slim.artifacts.provenance import read_json
 from slim_eval.__main__ import expand_all, main as slim_eval_main, parse_args
-from slim_eval.report import markdown
+from slim_eval.report.markdown import markdown
 
 
 def run(dataset: str, extra: list[str]) -> None:

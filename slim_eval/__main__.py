@@ -32,7 +32,9 @@ from pathlib import Path
 from slim.artifacts.layout import REPORTED_USER_SAMPLES, RunLayout
 from slim.artifacts.provenance import write_json
 
-from .report import PROTOCOL_TITLES, build_report, markdown, results_table, slim_vs_teacher_cells
+from .report.markdown import markdown, write_run_record
+from .report.rows import PROTOCOL_TITLES, build_report
+from .report.tables import results_table, slim_vs_teacher_cells
 from .variants import VARIANT_NAMES, spec
 
 PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "sampled"]}
@@ -188,7 +190,8 @@ def print_teacher_cells(reports: dict[str, dict]) -> None:
 def print_paper_tables(layout: RunLayout, report: dict) -> None:
     """The paper-shaped view on the console: Table 1 (X, X+, SLIM-, SLIM, Improv.) under the paper's
     protocol, then Improv. and SLIM / SLIM- - 1 with their paired intervals over users (both protocols)."""
-    from .report import improvement_table, slim_vs_teacher_interval_table, table1
+    from .report.intervals import improvement_table, slim_vs_teacher_interval_table
+    from .report.tables import table1
 
     for block in (table1(report, "sampled", markdown=False) if "sampled" in report["protocols"] else None,
                   improvement_table(layout, report, markdown=False),
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         status = "" if final else " (in progress: the grid is still running)"
         extra = [f"wall time of this invocation: {time.time() - t0:.0f} s{status} "
                  f"({sum(r.reused for r in results)} of {len(results)} measurements reused)"]
+        write_run_record(layout, args.split, cmd, [*notes, *extra])  # what regenerate cannot know
         layout.report(args.split, "md").write_text(markdown(layout, report, cmd, [*notes, *extra]), encoding="utf-8")
         return report
 

@@ -316,7 +316,7 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
         print(f"rationale quality: no rationales in {layout.rationales_dir}; make them with "
               f"`{producer_command('teacher', args.dataset)}` / `{producer_command('student', args.dataset)}`")
         return None
-    from .report import render
+    from .report.tables import render
 
     teacher = layout.rationales("teacher")
     trained_on = distilled_users(layout, dataset.name)

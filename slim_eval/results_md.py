@@ -22,8 +22,9 @@ from typing import Sequence
 
 from slim.artifacts.provenance import read_json
 
-from .report import (BACKBONE_LABELS, PROTOCOL_TITLES, REPORT_METRICS, _find, data_line, fmt, improvement, render,
-                     results_table, slim_vs_teacher_cells, slim_vs_teacher_table, table1, table2)
+from .report.rows import BACKBONE_LABELS, PROTOCOL_TITLES, find_row
+from .report.tables import (data_line, fmt, improvement, render, results_table, slim_vs_teacher_cells,
+                            slim_vs_teacher_table, table1, table2)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -147,8 +148,8 @@ def checked_interval(report: dict, ivs: dict, title: str, backbone: str, protoco
     if iv is None:
         return None
     variant, bases = _INTERVAL_TITLES[title]
-    top = _find(report, backbone, variant, protocol)
-    base = [b["metrics"]["NDCG@10"]["mean"] for b in (_find(report, backbone, v, protocol) for v in bases) if b]
+    top = find_row(report, backbone, variant, protocol)
+    base = [b["metrics"]["NDCG@10"]["mean"] for b in (find_row(report, backbone, v, protocol) for v in bases) if b]
     if top is None or not base or max(base) <= 0:
         raise ReportError(f"{report['dataset']}: report.md has a {title} interval for {backbone} {protocol} "
                           "that report.json has no rows for (regenerate the report)")
@@ -174,7 +175,7 @@ def run_command(name: str, runs: dict[str, list[str]]) -> str | None:
 
 
 def produced_by(report_md: Path) -> str | None:
-    """The command a report.md says produced it (``slim_eval.report.markdown`` writes it first)."""
+    """The command a report.md says produced it (``slim_eval.report.markdown.markdown`` writes it first)."""
     if not report_md.exists():
         return None
     text = report_md.read_text(encoding="utf-8")
@@ -200,7 +201,7 @@ def headline_rows(reports: dict[str, dict], reports_dir: Path) -> tuple[list[lis
             continue
         ivs = intervals(reports_dir / name / "report.md")
         for b in BACKBONES:
-            cells = {v: _find(rep, b, v, "sampled") for v in ("id", "text", "teacher", "slim")}
+            cells = {v: find_row(rep, b, v, "sampled") for v in ("id", "text", "teacher", "slim")}
             if not any(cells.values()):
                 continue
             seeds = sorted({len(r["seeds"]) for r in cells.values() if r})

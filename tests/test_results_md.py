@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from slim_eval import results_md as rm
-from slim_eval.report import _find, fmt, improvement
+from slim_eval.report.rows import find_row
+from slim_eval.report.tables import fmt, improvement
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "assets" / "reports"
@@ -55,7 +56,7 @@ def test_headline_shows_every_report_number(tmp_tree):
             row = rows[0]
             assert "| sampled |" in row
             for v in ("id", "text", "teacher", "slim"):
-                r = _find(rep, b, v, "sampled")
+                r = find_row(rep, b, v, "sampled")
                 if r:
                     assert f"| {fmt(r['metrics']['NDCG@10'])} |" in row, (name, b, v)
                     assert f"| {len(r['seeds'])} |" in row
@@ -115,7 +116,7 @@ def test_report_md_older_than_report_json_is_an_error(tmp_path):
     reports_dir = _copy_reports(tmp_path / "reports")
     path = reports_dir / "ml-100k" / "report.json"
     rep = json.loads(path.read_text())
-    row = _find(rep, "sasrec", "slim", "sampled")
+    row = find_row(rep, "sasrec", "slim", "sampled")
     row["metrics"]["NDCG@10"]["mean"] *= 1.05  # a refit whose report.md was not rewritten
     path.write_text(json.dumps(rep))
     with pytest.raises(rm.ReportError, match="report.md is older than report.json"):

@@ -18,9 +18,12 @@ from slim.artifacts.layout import RunLayout
 from slim.artifacts.provenance import load_npz, make_record, matches, mismatch, read_json, save_npz
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
-from slim_eval.report import (REPORT_METRICS, combined_table1, compute_rows, improvement, regenerate,
-                              slim_vs_teacher_cells, slim_vs_teacher_table, sparsity_groups, table1,
-                              table2)
+from slim_eval.report.compute import compute_rows
+from slim_eval.report.markdown import regenerate
+from slim_eval.report.per_user import sparsity_groups
+from slim_eval.report.rows import REPORT_METRICS
+from slim_eval.report.tables import (combined_table1, improvement, slim_vs_teacher_cells, slim_vs_teacher_table,
+                                     table1, table2)
 from slim_eval.variants import producer_command, run_name, spec
 
 # --no-shipped: these runs start from nothing (no shipped rationales or checkpoints from assets/)
@@ -423,7 +426,7 @@ def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
     """The interval is around the same Improv. the tables print; a SLIM row equal to its best baseline
     is never "better", and one that wins on every user always is."""
     from slim.eval.metrics import rank_metrics
-    from slim_eval.report import improvement_interval, improvement_table
+    from slim_eval.report.intervals import improvement_interval, improvement_table
 
     layout, rng, users = RunLayout(tmp_path), np.random.default_rng(0), np.arange(400).astype(str)
     ranks = {"id": rng.integers(1, 60, 400), "text": rng.integers(1, 30, 400)}
@@ -450,7 +453,7 @@ def test_improvement_interval_is_a_paired_bootstrap_over_users(tmp_path):
 def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
     """SLIM / SLIM- - 1 gets the same paired bootstrap as Improv.; no teacher row, no table."""
     from slim.eval.metrics import rank_metrics
-    from slim_eval.report import ratio_interval, slim_vs_teacher_interval_table
+    from slim_eval.report.intervals import ratio_interval, slim_vs_teacher_interval_table
 
     layout, rng, users = RunLayout(tmp_path), np.random.default_rng(1), np.arange(300).astype(str)
     ranks = {"teacher": rng.integers(1, 40, 300)}
@@ -472,7 +475,7 @@ def test_slim_vs_teacher_interval_pairs_the_same_users(tmp_path):
 def test_gain_by_rationale_state_splits_users_by_their_rationale(tmp_path):
     """Users whose student rationale was rejected are measured apart: how much of the gap they explain."""
     from slim.lm.rationale_file import RationaleStore
-    from slim_eval.report import gain_by_rationale_table
+    from slim_eval.report.per_user import gain_by_rationale_table
 
     layout, users = RunLayout(tmp_path), np.arange(10).astype(str)
     ranks = {"text": np.full(10, 5), "slim": np.array([1] * 8 + [50] * 2)}  # SLIM fails on users 8-9
