@@ -40,8 +40,9 @@ from slim.demo.display import Ranked  # noqa: E402
 from slim.demo.reports import find_reports  # noqa: E402
 from slim.demo.requests import Request, Update  # noqa: E402
 from slim.demo.service import DemoService  # noqa: E402
-from slim.demo.uploads import (FUZZY_THRESHOLD, MAX_HISTORY, MAX_QUERY_CHARS, MAX_ROWS, MAX_UPLOAD_BYTES,  # noqa: E402
-                          MIN_HISTORY, TIMESTAMP_RULE, UploadError, shown)
+from slim.demo.uploads.limits import (FUZZY_THRESHOLD, MAX_HISTORY, MAX_QUERY_CHARS, MAX_ROWS,  # noqa: E402
+                                     MAX_UPLOAD_BYTES, MIN_HISTORY, UploadError, shown)
+from slim.demo.uploads.parsing import TIMESTAMP_RULE  # noqa: E402
 
 log = logging.getLogger("app")
 # where assets/ and runs/ are read from: this checkout, or another artefact tree (SLIM_ROOT)

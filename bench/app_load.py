@@ -85,7 +85,7 @@ def main() -> None:
         # users 1..N of the dataset's id list, all distinct (ids are strings in ML-100K's file order)
         from slim.data.dataset import load_dataset
 
-        from slim.demo.uploads import MAX_ROWS, MAX_UPLOAD_BYTES
+        from slim.demo.uploads.limits import MAX_ROWS, MAX_UPLOAD_BYTES
 
         users = [str(u) for u in load_dataset("ml-100k").user_ids[1:args.sessions + 1]]
         hostile = set(range(0, args.sessions, 4)) if args.hostile else set()  # every 4th session: a quarter

@@ -15,7 +15,7 @@ from slim.demo.ranking import rationale_text
 from slim.demo.reports import find_reports
 from slim.demo.requests import Request
 from slim.demo.service import DemoService
-from slim.demo.uploads import UploadError
+from slim.demo.uploads.limits import UploadError
 
 RATIONALE = "Step 1: likes science fiction.\nStep 2: Sci-Fi, Action.\nStep 3: Star Wars, Alien"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from slim.demo.uploads import (MAX_ROWS, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_picks,
-                          history_from_text, history_from_titles)
+from slim.demo.uploads.history import (Catalogue, history_from_file, history_from_picks, history_from_text,
+                                      history_from_titles)
+from slim.demo.uploads.limits import MAX_ROWS, MAX_UPLOAD_BYTES, UploadError
 
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Usual Suspects, The", "Star Wars", "Fargo", "Godfather, The",
           "Babe", "Dead Man Walking"] + [f"Film number {i}" for i in range(1, 1700)]  # ML-100K-sized

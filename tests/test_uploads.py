@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from slim.demo.uploads import (
-    FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, Catalogue, UploadError, history_from_file, history_from_text,
-    history_from_titles, write_template,
-)
+from slim.demo.uploads.history import Catalogue, history_from_file, history_from_text, history_from_titles
+from slim.demo.uploads.limits import FUZZY_THRESHOLD, MAX_HISTORY, MAX_UPLOAD_BYTES, UploadError
+from slim.demo.uploads.parsing import write_template
 from slim.lm.titles import normalise_title
 
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Usual Suspects, The", "Star Wars", "Fargo", "Godfather, The",

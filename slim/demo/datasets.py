@@ -10,7 +10,8 @@ import numpy as np
 from slim.artifacts.layout import REPORTED_USER_SAMPLES, live_student_adapter
 from slim.data.dataset import SequentialDataset, load_dataset, sample_users
 from slim.demo.config import DEFAULT_DATASET, OPTIONAL_DATASETS, RAW_FILES
-from slim.demo.uploads import Catalogue, UploadError, shown
+from slim.demo.uploads.history import Catalogue
+from slim.demo.uploads.limits import UploadError, shown
 
 
 @dataclass

@@ -8,7 +8,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from slim.demo.display import Column, Ranked
-from slim.demo.uploads import History, UploadError, check_text, history_from_file, history_from_picks, history_from_text, history_from_titles, loads_json, shown
+from slim.demo.uploads.history import (History, history_from_file, history_from_picks, history_from_text,
+                                      history_from_titles)
+from slim.demo.uploads.limits import UploadError, check_text, shown
+from slim.demo.uploads.parsing import loads_json
 
 
 @dataclass

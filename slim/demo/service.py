@@ -55,7 +55,7 @@ from slim.demo.generation import GenerationMixin
 from slim.demo.models import ModelsMixin
 from slim.demo.ranking import RankingMixin
 from slim.demo.requests import RequestsMixin
-from slim.demo.uploads import Catalogue
+from slim.demo.uploads.history import Catalogue
 from slim.lm.reasoners import GenerationParams
 
 
