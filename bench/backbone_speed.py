@@ -143,7 +143,8 @@ def run_ours(epochs: int, threads: int, max_len: int) -> dict:
     torch.set_num_threads(threads)
     from slim.data.dataset import load_dataset
     from slim.eval.metrics import evaluate
-    from slim.recommenders.train import FitConfig, fit
+    from slim.recommenders.fit_config import FitConfig
+    from slim.recommenders.train import fit
 
     ds = load_dataset("ml-100k")
     cfg = FitConfig(backbone="sasrec", variant="id", epochs=epochs, eval_every=epochs, patience=10**6,

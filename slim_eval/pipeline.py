@@ -156,7 +156,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
     ``sources`` (filled in place, for report.json): ``rationale_files`` {reasoner: path read} and
     ``checkpoints_from`` {root: models loaded from it} for roots other than ``<out>/checkpoints``.
     """
-    from slim.recommenders.train import FitConfig, fit
+    from slim.recommenders.fit_config import FitConfig
+    from slim.recommenders.train import fit
 
     feed = Inputs(dataset, layout)
     notes: list[str] = []

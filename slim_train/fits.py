@@ -76,7 +76,7 @@ def variant_of(dirname: str) -> str:
 
 def why_not_exportable(ckpt: Path) -> str | None:
     """None when ``ckpt`` is a finished checkpoint of the current format; else why not."""
-    from slim.recommenders.train import FORMAT_VERSION
+    from slim.recommenders.checkpoint import FORMAT_VERSION
 
     unfinished = "incomplete (still training, or stopped: resume it with slim_eval)"
     try:

@@ -153,7 +153,8 @@ class ScriptedTeacher(ScriptedStudent):
 def fitted(ml100k, data_dir, tmp_path_factory):
     """A root with real (1-epoch) SASRec `id`, SASRec `slim` and `match` checkpoints under runs/, as
     `slim_train fit` writes them: the path the Space takes with assets/<ds>/checkpoints."""
-    from slim.recommenders.train import FitConfig, fit
+    from slim.recommenders.fit_config import FitConfig
+    from slim.recommenders.train import fit
 
     root = tmp_path_factory.mktemp("fitted-root")
     svc = DemoService(root=root, data_dir=data_dir)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from slim.recommenders.train import FitConfig, fit
+from slim.recommenders.fit_config import FitConfig
+from slim.recommenders.train import fit
 
 pytest.importorskip("huggingface_hub")
 from test_publish import FakeHub, files_under  # noqa: E402  (the same in-process Hub)

@@ -17,7 +17,10 @@ from slim.lm.encoders import TextEncoder, item_text_matrix
 from slim.eval.metrics import evaluate
 from slim.recommenders import BACKBONES, build_model
 from slim.recommenders import train as train_mod
-from slim.recommenders.train import FitConfig, fit, history_matrix, load_fitted, training_arrays
+from slim.recommenders.batches import NegativeSampler, history_matrix, training_arrays
+from slim.recommenders.checkpoint import load_fitted
+from slim.recommenders.fit_config import FitConfig
+from slim.recommenders.train import fit
 
 FAST = dict(dim=32, max_len=30, batch_size=16, lr=5e-3)
 
@@ -125,7 +128,7 @@ def test_training_arrays_use_only_the_train_prefix(small):
         prefix = small.train_prefix(u)
         np.testing.assert_array_equal(inp[u][inp[u] > 0], prefix[:-1])
         np.testing.assert_array_equal(pos[u][pos[u] > 0], prefix[1:])
-    sampler = train_mod.NegativeSampler(small)
+    sampler = NegativeSampler(small)
     neg = sampler.sample(users, pos, np.random.default_rng(0))
     for u in range(len(users)):
         assert not np.isin(neg[u][neg[u] > 0], small.train_prefix(users[u])).any()
@@ -333,7 +336,7 @@ def test_gated_fusion_starts_as_the_item_text_model_and_learns_its_gate(small, i
 def test_a_default_late_option_leaves_the_checkpoint_key_unchanged(small):
     """FitConfig fields added after checkpoints shipped (fusion) stay out of the key at their default,
     so a new option does not orphan every fitted model."""
-    from slim.recommenders.train import checkpoint_key
+    from slim.recommenders.checkpoint import checkpoint_key
 
     key = checkpoint_key(small, FitConfig(variant="id"), None, None)
     assert "fusion" not in key["config"]
@@ -344,7 +347,7 @@ def test_leakage_free_training_zeroes_the_rationale_where_its_prompt_showed_the_
                                                                                         tmp_path):
     """slim-noleak: at the last `window` training positions (targets the training rationale's prompt
     showed) the fusion sees a zero vector; elsewhere and at scoring time, the rationale."""
-    from slim.recommenders.train import leakage_free
+    from slim.recommenders.batches import leakage_free
 
     uvec = torch.ones(2, 3)
     masked = leakage_free(uvec, 6, 4)

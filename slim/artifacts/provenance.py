@@ -3,7 +3,7 @@
 A record is a JSON dict whose ``key`` part says what the artefact was computed from (inputs' hashes, model ids, params); the rest (code version, time,
 metrics) is informational. An artefact is reused only when its stored key equals the key the
 caller would compute now (:func:`matches`). Checkpoints use exactly this through
-``slim.recommenders.train.checkpoint_key`` (its ``config.json`` holds ``{"complete", "key", ...}``);
+``slim.recommenders.checkpoint.checkpoint_key`` (its ``config.json`` holds ``{"complete", "key", ...}``);
 the per-user evaluation files and anything else use :func:`make_record`. ``code_version`` is
 recorded, never matched: a refactor must not invalidate hours of training, and the record still
 says which commit produced the numbers.

@@ -1,5 +1,5 @@
 """Fitted checkpoints the Space may rank with: discovery, and the rebuild (through
-``slim.recommenders.train.load_module``, the function slim_eval reuses fits with)."""
+``slim.recommenders.checkpoint.load_module``, the function slim_eval reuses fits with)."""
 from __future__ import annotations
 
 import json
@@ -52,7 +52,7 @@ def find_checkpoints(roots: Sequence[Path]) -> list[Checkpoint]:
 def load_module(ck: Checkpoint, dataset: SequentialDataset, item_text: np.ndarray | None):
     """The checkpoint's module, rebuilt by the function slim_eval reuses fits with; the rationale
     side is left to the user being scored (``new_users``: a demo user's rationale is written now)."""
-    from slim.recommenders.train import load_module as rebuild
+    from slim.recommenders.checkpoint import load_module as rebuild
 
     return rebuild(ck.path, dataset, item_text, record=ck.record, new_users=True)[0]
 

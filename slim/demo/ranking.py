@@ -82,7 +82,7 @@ class RankingMixin:
         cks = self.checkpoints(req.dataset)
         out: list[Ranked] = []
         if req.is_dataset_user:
-            from slim.recommenders.train import history_matrix
+            from slim.recommenders.batches import history_matrix
 
             def backbone_scores(ck: Checkpoint, text: np.ndarray | None, user_vec) -> np.ndarray | None:
                 try:
