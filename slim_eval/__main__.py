@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from slim.artifacts.layout import REPORTED_USER_SAMPLES, RunLayout
+from slim.artifacts.layout import RunLayout
 from slim.artifacts.provenance import write_json
+from slim.artifacts.reported_runs import reported_runs
 
 from .report.markdown import markdown, write_run_record
 from .report.rows import PROTOCOL_TITLES, build_report
@@ -39,31 +40,11 @@ from .variants import VARIANT_NAMES, spec
 
 PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "sampled"]}
 
-# ``--dataset all``: every shipped report, by its name (assets/reports/<name>), with the flags it was
-# made with. The Amazon sets are sampled (seed 0) because every sampled user costs two student
-# rationales (~1.4 s each here with two workers; ~3.5 s on one core for Scientific's longer titles)
-# before any fusion model can be fitted. Games keeps the issue's 3,000 users; Scientific's 600 is what
-# fitted in the session that made it (README, "Amazon Industrial & Scientific"). Games' teacher-rationale
-# variant (the paper's SLIM-) is a second, smaller sample in its own run directory: a teacher rationale
-# costs ~5-11 s here, so 3,000 users x 2 splits would be 8-19 h of teacher time.
-REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"  # the issue's
-TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"
-CLEAN_VARIANTS = "slim-clean,match-clean"  # Step 3 post-filtered (ours): in the ML-100K report, named explicitly
-REPORTED_RUNS: dict[str, list[str]] = {
-    "ml-100k": ["--dataset", "ml-100k", "--variants", f"{REPORTED_VARIANTS},{CLEAN_VARIANTS}"],
-    # the Amazon reports hold the issue's variants; `auto` would also fit the *-clean extras (hours more)
-    "amazon-video-games": ["--dataset", "amazon-video-games", "--users", str(REPORTED_USER_SAMPLES["amazon-video-games"][0]),
-                           "--variants", REPORTED_VARIANTS],
-    # the 500-user sample with teacher rationales on both splits; student rationales come from the main run's file
-    "amazon-video-games-u500": ["--dataset", "amazon-video-games", "--users", "500",
-                                "--out", "runs/amazon-video-games-u500", "--rationales-from", "runs/amazon-video-games",
-                                "--variants", TEACHER_SAMPLE_VARIANTS],
-    # 88.5% / 89.2% of the sample's valid / test rationales parse (the rest hit max_tokens inside Step 2),
-    # just under the 90% default guard; the report prints the coverage beside the rows
-    "amazon-industrial-scientific": ["--dataset", "amazon-industrial-scientific",
-                                     "--users", str(REPORTED_USER_SAMPLES["amazon-industrial-scientific"][0]),
-                                     "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS],
-}
+# ``--variants auto``: the reported variants (the paper's), of which a run fits those whose rationales exist
+REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"
+# ``--dataset all``: every shipped report by its name (assets/reports/<name>), with the flags it was made
+# with, one file each in configs/runs/ (slim.artifacts.reported_runs, which says why each is what it is)
+REPORTED_RUNS: dict[str, list[str]] = {run.name: run.argv for run in reported_runs()}
 # flags that make a run a second sample of a dataset: an explicit sample or directory from the caller
 # would turn it into a duplicate of the main run, so it is left out then
 _SAMPLE_FLAGS = ("--users", "--min-coverage", "--out", "--rationales-from")
@@ -88,13 +69,13 @@ def expand_all(argv: list[str]) -> dict[str, list[str]]:
         i += 1
     overridden = _given("--users", rest) or _given("--out", rest)
     runs = {}
-    for name, own in REPORTED_RUNS.items():
-        pairs = [own[k:k + 2] for k in range(0, len(own), 2)]
+    for run in reported_runs():
+        pairs = list(run.flags)
         if overridden:
-            if _given("--out", own):
+            if run.value("--out") is not None:
                 continue
             pairs = [p for p in pairs if p[0] not in _SAMPLE_FLAGS]
-        runs[name] = [*rest, *(x for p in pairs if not _given(p[0], rest) for x in p)]
+        runs[run.name] = [*rest, *(x for p in pairs if not _given(p[0], rest) for x in p)]
     return runs
 
 

@@ -403,7 +403,7 @@ def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
 
     if not (data_dir / "amazon-video-games" / "raw").is_dir():
         pytest.skip("no Amazon Games raw files")
-    from slim.artifacts.layout import REPORTED_USER_SAMPLES
+    from slim.artifacts.reported_runs import reported_user_samples
     from slim.data.dataset import load_dataset, sample_users
     from slim.demo.service import DemoService
     from slim.eval.metrics import dataset_fingerprint
@@ -412,7 +412,7 @@ def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
     assert "amazon-video-games" in svc.available_datasets()  # its student and rationales ship
     served = svc.dataset("amazon-video-games")
     full = load_dataset("amazon-video-games", data_dir)
-    n, seed = REPORTED_USER_SAMPLES["amazon-video-games"]
+    n, seed = reported_user_samples()["amazon-video-games"]
     assert served.n_users == n
     assert dataset_fingerprint(served) == dataset_fingerprint(full.subset_users(sample_users(full, n, seed)))
 

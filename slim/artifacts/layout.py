@@ -36,12 +36,6 @@ OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v3: v2 continued o
 SHIPPED_STUDENTS = ("assets/student", "assets/student-games", "assets/student-v4")
 
 
-# The seeded user samples (n, seed) the reported Amazon runs evaluate and their shipped checkpoints were
-# fitted on (``slim_eval --users N --user-seed S``): a checkpoint is bound to its users' data
-# fingerprint, so the Space serves these users of these datasets. ML-100K: every user.
-REPORTED_USER_SAMPLES = {"amazon-video-games": (3000, 0), "amazon-industrial-scientific": (600, 0)}
-
-
 def student_adapter(dataset: str) -> str:
     """The adapter that wrote (or would write) ``dataset``'s student rationales; Amazon sets share v3."""
     return STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)

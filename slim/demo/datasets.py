@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from slim.artifacts.layout import REPORTED_USER_SAMPLES, live_student_adapter
+from slim.artifacts.layout import live_student_adapter
+from slim.artifacts.reported_runs import reported_user_samples
 from slim.data.dataset import SequentialDataset, load_dataset, sample_users
 from slim.demo.config import DEFAULT_DATASET, OPTIONAL_DATASETS, RAW_FILES
 from slim.demo.uploads.history import Catalogue
@@ -89,8 +90,9 @@ class DatasetsMixin:
         with self._lock:
             if name not in self._datasets:
                 ds = load_dataset(name, self.data_dir)
-                if name in REPORTED_USER_SAMPLES:  # the users the shipped checkpoints and rationales cover
-                    n, seed = REPORTED_USER_SAMPLES[name]
+                samples = reported_user_samples()
+                if name in samples:  # the users the shipped checkpoints and rationales cover
+                    n, seed = samples[name]
                     ds = ds.subset_users(sample_users(ds, n, seed))
                 self._datasets[name] = ds
             return self._datasets[name]
