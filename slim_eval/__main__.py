@@ -43,7 +43,7 @@ PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "
 # ``--variants auto``: the reported variants (the paper's), of which a run fits those whose rationales exist
 REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"
 # ``--dataset all``: every shipped report by its name (assets/reports/<name>), with the flags it was made
-# with, one file each in configs/runs/ (slim.artifacts.reported_runs, which says why each is what it is)
+# with, one file each in configs/reported/ (slim.artifacts.reported_runs, which says why each is what it is)
 REPORTED_RUNS: dict[str, list[str]] = {run.name: run.argv for run in reported_runs()}
 # flags that make a run a second sample of a dataset: an explicit sample or directory from the caller
 # would turn it into a duplicate of the main run, so it is left out then

@@ -3,7 +3,7 @@
 Everything is read from ``assets/reports/<name>/report.json`` when this runs, so regenerating a report
 and rerunning this is all it takes to bring the pages up to date; nothing is copied by hand.
 
-* The reported runs are the ones ``python -m slim_eval --dataset all`` reproduces (``configs/runs/``):
+* The reported runs are the ones ``python -m slim_eval --dataset all`` reproduces (``configs/reported/``):
   they go to docs/RESULTS.md, every table in the shapes of :mod:`slim_eval.report`.
 * Every other report directory is an earlier run a newer one replaced: docs/HISTORY.md.
 * README.md: the block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` is rewritten with
@@ -51,7 +51,7 @@ HEADLINE_RUNS = (
 )
 
 # Why a report directory is not a current result (docs/HISTORY.md); a directory missing here and from
-# configs/runs/ is listed there too, as "not one of the reported runs".
+# configs/reported/ is listed there too, as "not one of the reported runs".
 SUPERSEDED = {
     "ml-100k-u300": ("ml-100k", "a seeded 300-user sample, 2 backbones, 3 seeds, the first student; "
                      "replaced by the all-user, 3-backbone, 5-seed grid"),
@@ -91,7 +91,7 @@ class ReportError(RuntimeError):
 # ---------------------------------------------------------------------------------------
 
 def reported_runs() -> dict[str, list[str]]:
-    """Report name -> the flags ``--dataset all`` runs it with (configs/runs/<name>.toml)."""
+    """Report name -> the flags ``--dataset all`` runs it with (configs/reported/<name>.toml)."""
     from slim.artifacts.reported_runs import reported_runs as configured
 
     return {run.name: run.argv for run in configured()}

@@ -383,7 +383,7 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
 def test_dataset_all_expands_to_the_reported_samples():
     from slim_eval.__main__ import REPORTED_RUNS, REPORTED_VARIANTS, expand_all
 
-    TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"  # configs/runs/amazon-video-games-u500.toml
+    TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"  # configs/reported/amazon-video-games-u500.toml
 
     runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
     assert list(runs) == list(REPORTED_RUNS)

@@ -1,4 +1,4 @@
-"""The reported runs: one TOML file per shipped report in ``configs/runs/<name>.toml``.
+"""The reported runs: one TOML file per shipped report in ``configs/reported/<name>.toml``.
 
 Each file holds the ``python -m slim_eval --split test`` flags its report was made with (``[flags]``,
 in order) and its position in ``--dataset all`` (``order``). ``slim_eval --dataset all``, the docs
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .layout import REPO_ROOT
 
-RUNS_DIR = REPO_ROOT / "configs" / "runs"
+RUNS_DIR = REPO_ROOT / "configs" / "reported"
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def _flag_value(value: object) -> str:
 
 
 def read_run(path: Path) -> ReportedRun:
-    """One ``configs/runs/<name>.toml``; a file without ``order`` or ``[flags]`` is refused, naming itself."""
+    """One ``configs/reported/<name>.toml``; a file without ``order`` or ``[flags]`` is refused, naming itself."""
     with open(path, "rb") as f:
         data = tomllib.load(f)
     if not isinstance(data.get("order"), int) or not isinstance(data.get("flags"), dict) or not data["flags"]:
