@@ -62,6 +62,8 @@ SUPERSEDED = {
     "ml-100k-student-v2": ("ml-100k", "the same grid with student v2 (plain prompt, free Step 3, distilled on 700 "
                            "teacher rationales written without the domain); replaced by student v4 (domain-aware "
                            "prompt, catalogue-grounded Step 3)"),
+    "amazon-video-games-u500-v3": ("amazon-video-games", "the 500-user sample with student v3's rows (plain "
+                                   "prompt, free Step 3); replaced by student v4's rows for the same users"),
     "amazon-industrial-scientific-allusers": ("amazon-industrial-scientific", "all users, SASRec and GRU4Rec, "
                                               "id / text only, 1-2 seeds; replaced by the 600-user sample "
                                               "that has student rationales"),
