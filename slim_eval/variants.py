@@ -107,7 +107,7 @@ def producer_command(rationales: str, dataset: str, out: str | None = None, user
     """
     flags = " --splits valid,test"
     if users:
-        # teach's own --users is a prefix of its permutation (grown for distillation): --eval-users
+        # teach's own --first-users is a prefix of its permutation (grown for distillation): --eval-users
         # asks it for slim_eval's seeded sample instead; reason's --users already is that sample
         flags += f" --{'eval-users' if rationales == 'teacher' else 'users'} {users} --seed {user_seed}"
     if out:

@@ -1,19 +1,48 @@
-"""Flags every slim_train verb shares (names are a contract: other tools call them)."""
+"""Flags every slim_train verb shares (names are a contract: other tools call them), and old spellings.
+
+``--users`` and ``--seed`` mean a seeded user sample and its seed (as in ``slim_eval``), so a verb
+whose user selection is something else names it otherwise: ``teach --first-users`` (a prefix of a
+seeded permutation), ``distill --first-users`` (the first users of the teacher file) and ``distill
+--lora-seed``. Their old spellings still parse, with a deprecation message on stderr.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from slim.artifacts.layout import default_run_dir
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, sample: bool = True) -> None:
+    """``sample=False``: the verb defines its own user selection and seed (see the module docstring)."""
     p.add_argument("--dataset", default="ml-100k", help="ml-100k | amazon-video-games | "
                    "amazon-industrial-scientific | custom:<interactions>,<items>")
     p.add_argument("--data-dir", default=None, help="default: $SLIM_DATA_DIR, else ../shared/data")
-    p.add_argument("--users", type=int, default=None, help="seeded sample of N users (all when omitted)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    if sample:
+        p.add_argument("--users", type=int, default=None, help="seeded sample of N users (all when omitted)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>)")
+
+
+class DeprecatedSpelling(argparse.Action):
+    """An old flag name: stores into the new flag's ``dest`` and says on stderr which flag replaces it."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        kwargs.setdefault("help", f"deprecated spelling of {replacement}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated here; use {self.replacement} (same meaning)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(p: argparse.ArgumentParser, old: str, replacement: str, dest: str, type=int) -> None:
+    """``old`` parses like ``replacement`` (into ``dest``) and prints a deprecation message when used."""
+    p.add_argument(old, dest=dest, type=type, default=argparse.SUPPRESS, action=DeprecatedSpelling,
+                   replacement=replacement)
 
 
 def run_dir(args: argparse.Namespace) -> Path:

@@ -11,7 +11,7 @@ Merging checks every manifest belongs to the same job (dataset, users, splits, N
 is present with a finished row (not an endpoint error), and writes the rows in the unsharded run's
 order with no duplicates. Anything missing is listed by shard, with the command that completes it::
 
-    python -m slim_train teach --dataset ml-100k --users 1000 --shard 0/4 &   # ... 1/4, 2/4, 3/4
+    python -m slim_train teach --dataset ml-100k --first-users 1000 --shard 0/4 &   # ... 1/4, 2/4, 3/4
     python -m slim_train merge-rationales --dataset ml-100k --name teacher --shards 4
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ grammar; an endpoint takes no grammar, so it is shown the same shortlist numbere
 is snapped to it (slim.rationales.numbered_list_row; rows say which path they took).
 
 Users are visited in the order of a seeded permutation, so a run stopped early is still a uniform
-sample and ``--users`` can grow later without redoing work; ``--eval-users N`` instead writes the
+sample and ``--first-users`` can grow later without redoing work; ``--eval-users N`` instead writes the
 sample ``slim_eval --users N`` evaluates (a `teacher` variant needs exactly those users).
 """
 from __future__ import annotations
@@ -33,17 +33,22 @@ from slim.lm.rationales import write_rationales
 from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
-from .common import add_common, run_dir
+from .common import add_common, add_deprecated, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
 from slim.lm.prompts import prompt_builder as prompt_fn
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    add_common(p)
+    add_common(p, sample=False)
+    p.add_argument("--first-users", dest="users", type=int, default=None,
+                   help="the first N users of a seeded permutation (--seed): growing N later extends the sample "
+                   "without redoing work (all users when omitted)")
+    add_deprecated(p, "--users", "--first-users", dest="users")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutation (and of --eval-users' sample)")
     p.add_argument("--eval-users", type=int, default=None,
                    help="the seeded sample of `slim_eval --users N --user-seed S` (with --seed S), instead of "
-                   "--users' permutation prefix: what a `teacher` variant on a user sample needs")
+                   "--first-users' permutation prefix: what a `teacher` variant on a user sample needs")
     p.add_argument("--splits", default="valid", help="valid (train prefix; what distillation uses) and/or test")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, or a comma-separated list of "
                    "endpoints serving the same model (round-robin, --concurrency each, failover); default: local "
@@ -77,7 +82,8 @@ def main(args: argparse.Namespace) -> None:
     # SIGTERM unwinds like Ctrl-C, so the local llama.cpp server is stopped instead of orphaned
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.eval_users is not None and args.users is not None:
-        raise SystemExit("teach: give --users (a permutation prefix) or --eval-users (slim_eval's sample), not both")
+        raise SystemExit("teach: give --first-users (a permutation prefix) or --eval-users (slim_eval's sample), "
+                         "not both")
     ds = load_dataset(args.dataset, args.data_dir)
     out = run_dir(args)
     users = (sample_users(ds, args.eval_users, args.seed) if args.eval_users is not None

@@ -417,7 +417,7 @@ def test_missing_rationales_command_names_the_student_and_the_sample():
     assert "--users 3000 --seed 0" in games and "--adapter assets/student-games/adapter.gguf" in games
     teacher = producer_command("teacher", "ml-100k", out="runs/x")
     assert teacher.startswith("python -m slim_train teach --dataset ml-100k") and "--out runs/x" in teacher
-    # teach's --users is its permutation prefix: the evaluated sample must be asked for as --eval-users
+    # teach's --first-users is its permutation prefix: the evaluated sample must be asked for as --eval-users
     sampled = producer_command("teacher", "amazon-video-games", users=500, user_seed=0)
     assert "--eval-users 500 --seed 0" in sampled and "--users" not in sampled.replace("--eval-users", "")
     for cmd in (ml, games):  # the adapters it names ship with the repository

@@ -79,7 +79,7 @@ def test_rows_an_endpoint_failed_on_are_retried(small_gguf, tmp_path, ml100k):
     from slim.lm.rationale_file import RationaleStore
     from slim_train.teach import user_order
 
-    user = int(user_order(ml100k.n_users, 1, 0)[0])  # what `teach --users 1` visits
+    user = int(user_order(ml100k.n_users, 1, 0)[0])  # what `teach --first-users 1` visits
     store = RationaleStore(tmp_path / "rationales" / "teacher.jsonl")
     store.append({"user_id": str(ml100k.user_ids[user]), "user_idx": user, "split": "valid", "status": "error: timeout",
                   "rationale": "", "steps": None})
@@ -109,3 +109,25 @@ def test_distillation_reads_only_train_prefix_rows():
     rows = [{"user_id": u, "split": s, "status": "ok"} for u in ("1", "2") for s in ("valid", "test")]
     assert [(r["user_id"], r["split"]) for r in select_rows(rows, None, None)] == [("1", "valid"), ("2", "valid")]
     assert len(select_rows(rows, 1, None)) == 1
+
+
+def test_user_flags_say_what_they_select_and_old_spellings_still_parse(capsys):
+    """--users/--seed mean a seeded sample and its seed; teach and distill select otherwise, so their flags
+    are --first-users and --lora-seed, and the old spellings parse the same with a message on stderr."""
+    import argparse
+
+    import slim_train.distill as distill
+    import slim_train.teach as teach_verb
+
+    def parse(mod, argv):
+        p = argparse.ArgumentParser(prog=mod.__name__)
+        mod.add_args(p)
+        return vars(p.parse_args(argv))
+
+    assert parse(teach_verb, ["--first-users", "5", "--seed", "3"]) == parse(teach_verb, ["--users", "5", "--seed", "3"])
+    assert "--users is deprecated here; use --first-users" in capsys.readouterr().err
+    new = parse(distill, ["--first-users", "5", "--lora-seed", "3"])
+    assert new == parse(distill, ["--users", "5", "--seed", "3"]) and (new["users"], new["seed"]) == (5, 3)
+    err = capsys.readouterr().err
+    assert "--users is deprecated here; use --first-users" in err and "--seed is deprecated here; use --lora-seed" in err
+    assert parse(distill, [])["seed"] == 0 and not capsys.readouterr().err

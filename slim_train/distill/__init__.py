@@ -28,16 +28,21 @@ import argparse
 import json
 from pathlib import Path
 
-from ..common import add_common, run_dir
+from ..common import add_common, add_deprecated, run_dir
 from .config import add_config_args, config_from_args
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    add_common(p)
+    add_common(p, sample=False)
+    p.add_argument("--first-users", dest="users", type=int, default=None,
+                   help="train on the ok rows of the first N users in teacher-file order, which is teach's "
+                   "permutation order (all when omitted)")
+    add_deprecated(p, "--users", "--first-users", dest="users")
     p.add_argument("--teacher-file", type=Path, nargs="+", default=None,
                    help="default: <run dir>/rationales/teacher.jsonl; several files (e.g. ML-100K and Games rows) "
                         "train one student on several domains: each row's `dataset` field names its dataset")
     add_config_args(p)
+    add_deprecated(p, "--seed", "--lora-seed", dest="seed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-initial-eval", action="store_true", help="skip the validation loss before training")

@@ -17,7 +17,7 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _help(text: str, **extra) -> dict:
-    """Field metadata: the flag's help text and, optionally, ``choices`` or ``flag=False`` (set elsewhere)."""
+    """Field metadata: the flag's help text and, optionally, ``choices`` or ``flag`` (another flag name)."""
     return {"help": text, **extra}
 
 
@@ -49,8 +49,8 @@ class DistillConfig:
     precision: str = field(default="auto", metadata=_help(
         "auto: bf16 on GPUs/CPUs with native bf16, else fp32", choices=["auto", "bf16", "fp16", "no"]))
     gradient_checkpointing: bool = field(default=False, metadata=_help("~half the RAM, ~30%% slower"))
-    # the LoRA init, dropout and data-order seed; its flag is the shared --seed of slim_train
-    seed: int = field(default=0, metadata=_help("LoRA init, dropout and data-order seed", flag=False))
+    # named ``seed`` in checkpoints and metrics.json; its flag says whose seed it is (not a user sample's)
+    seed: int = field(default=0, metadata=_help("LoRA init, dropout and data-order seed", flag="--lora-seed"))
     # Start from an existing adapter instead of a fresh LoRA (peft folder). This is how one student
     # serves a second domain: the ML-100K student continues on a few hundred Games rationales, which
     # costs minutes of teacher time per hundred users instead of a full per-domain distillation.
@@ -92,19 +92,18 @@ def _flag_kwargs(kind: object, default: object) -> dict:
 
 
 def add_config_args(p: argparse.ArgumentParser, cls: type = DistillConfig) -> None:
-    """One ``--field-name`` flag per field of ``cls`` whose metadata does not say ``flag=False``."""
+    """One ``--field-name`` flag per field of ``cls`` (or the name its metadata's ``flag`` gives)."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        if not f.metadata.get("flag", True):
-            continue
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         kwargs = _flag_kwargs(hints[f.name], default)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        p.add_argument("--" + f.name.replace("_", "-"), help=f.metadata.get("help"), **kwargs)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        p.add_argument(flag, dest=f.name, help=f.metadata.get("help"), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
-    """The dataclass from parsed flags; ``seed`` comes from slim_train's shared ``--seed``."""
+    """The dataclass from parsed flags (each flag's ``dest`` is its field's name)."""
     names = {f.name for f in fields(DistillConfig)}
     return DistillConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -32,7 +32,7 @@ def select_rows(rows: list[dict], n: int | None, state: dict | None, primary: st
     """ok ``valid`` rows in teacher-file order, first ``n``; on resume the exact rows of the checkpoint,
     so a teacher file that grew meanwhile does not change the run.
 
-    File order is the teacher's seeded user order for ``teach --users`` (up to the order two pool
+    File order is the teacher's seeded user order for ``teach --first-users`` (up to the order two pool
     workers finish in); rows of ``teach --eval-users`` follow. Only ``valid`` rows (written from the
     train prefix) are distillation data: the same file also holds the ``test`` rows of the `teacher`
     variant, and one user must map to one row here.
