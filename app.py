@@ -1,6 +1,6 @@
 """SLIM-Rec Space: teacher and student reasoning side by side, with recommendations.
 
-A thin Gradio UI over ``slim.demo.DemoService``: every decision (parsing uploads, matching titles,
+A thin Gradio UI over ``slim.demo.service.DemoService``: every decision (parsing uploads, matching titles,
 choosing models and checkpoints, ranking) lives in ``slim/``; this file only lays out widgets and
 formats what the service returns.
 

@@ -5,8 +5,8 @@ student and (when installed) the live teacher, alone and side by side as the Spa
                                 [--models student,teacher] [--no-together]
 
 Goal for the student: <= 1.5 s to the first token and <= 6 s to the full answer on the 2-core box.
-Measured through the same objects the app uses (``slim.demo.DemoService.student()`` / ``.teacher()``
-and ``slim.prompts.student_messages`` / ``teacher_messages``), in process, so HTTP and Gradio's queue
+Measured through the same objects the app uses (``slim.demo.service.DemoService.student()`` / ``.teacher()``
+and ``slim.lm.prompts.student_messages`` / ``teacher_messages``), in process, so HTTP and Gradio's queue
 are excluded (the load test, bench/app_load.py, measures those). Each repeat uses a different 20-item
 history (sliding windows of the longest ML-100K user's sequence) so nothing is memoised; model loading is
 timed separately. "together" runs both models at once on their own threads, exactly as a custom

@@ -8,7 +8,7 @@ Without ``--url`` it starts ``python app.py`` on a free loopback port (the stude
 user, so the per-prompt memo never answers and every request really generates. Prints each
 request's latency, then p50/p95/max, the throughput and how many failed.
 
-``--hostile``: a quarter of the sessions send the largest accepted paste instead (slim.uploads.MAX_ROWS
+``--hostile``: a quarter of the sessions send the largest accepted paste instead (slim.demo.uploads.limits.MAX_ROWS
 unknown titles, just under the byte bound: the most fuzzy matching one request can buy, refused after
 matching because nothing matches); p50/p95 are then those of the normal requests, which must all be
 answered, and a hostile request counts as handled when it gets its message back.

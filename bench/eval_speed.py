@@ -1,4 +1,4 @@
-"""How much does `slim.metrics.evaluate` cost on top of scoring?
+"""How much does `slim.eval.metrics.evaluate` cost on top of scoring?
 
 Scores all 50,546 users of amazon-video-games against all 16,859 items with a random-embedding
 dot-product scorer (dim 64), then reports the time of ``evaluate(..., protocol="full")`` as a

@@ -95,7 +95,7 @@ def _texts_for(dataset: SequentialDataset, rows: dict, split: str, step: int | N
 
 def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None = None,
               clean_step3: bool = False) -> UserText:
-    """Encode each user's rationale per split (``encoder``: slim.encoders.TextEncoder)."""
+    """Encode each user's rationale per split (``encoder``: slim.lm.encoders.TextEncoder)."""
     rows = load_rationale_rows(path)
     cleaned = _cleaned_steps(dataset, path, rows) if clean_step3 else None
     vectors, coverage = {}, {}
@@ -112,7 +112,7 @@ def user_text(dataset: SequentialDataset, path: Path, encoder, step: int | None 
         out = np.zeros((dataset.n_users, dim or 384), dtype=np.float32)
         if where:
             out[np.asarray(where)] = vecs
-        # named by the texts (user id + rationale), not the float bits: see slim.encoders.TextVectors
+        # named by the texts (user id + rationale), not the float bits: see slim.lm.encoders.TextVectors
         per_user: list[str | None] = [None] * dataset.n_users
         for u, t in pairs:
             per_user[u] = f"{dataset.user_ids[u]}\t{t}"

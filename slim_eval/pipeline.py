@@ -294,7 +294,7 @@ def _lineage_users(path: Path, dataset_name: str) -> set[str]:
 
 
 def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDataset) -> dict | None:
-    """``--rationales``: quality of every rationales/*.jsonl via ``slim.rationale_quality.quality_report``.
+    """``--rationales``: quality of every rationales/*.jsonl via ``slim.lm.rationale_quality.quality_report``.
 
     Every file but the teacher's is also compared with the teacher file (ROUGE-L, BLEU, embedding
     cosine on the users both cover). Uses the full dataset: rationale files name their own users,
@@ -362,7 +362,7 @@ def rationale_report(args: argparse.Namespace, layout: RunLayout, dataset: Seque
 def heldout_pairs(files: list[Path], dataset_name: str) -> tuple[list[Path], set[tuple[str, str]]]:
     """(the files that share held-out rows, the (user, split) pairs every one of them has an ok row for).
 
-    Held out = no shipped student (slim.artifacts.SHIPPED_STUDENTS) was distilled on the user, so no
+    Held out = no shipped student (slim.artifacts.layout.SHIPPED_STUDENTS) was distilled on the user, so no
     file is measured on its own training data; a file with no such row (a distillation set) is left out.
     """
     from slim.artifacts.layout import REPO_ROOT, SHIPPED_STUDENTS

@@ -167,10 +167,6 @@ def fmt_interval(iv: dict | None) -> str:
     return "-" if iv is None else f"[{100 * iv['lo']:+.1f}%, {100 * iv['hi']:+.1f}%]"
 
 
-def seeds_of(report: dict) -> str:
-    return "/".join(str(n) for n in sorted({len(r["seeds"]) for r in report["results"]}))
-
-
 def run_command(name: str, runs: dict[str, list[str]]) -> str | None:
     """The command ``--dataset all`` runs for a reported run (for one that has no report yet)."""
     return "python -m slim_eval --split test " + " ".join(runs[name]) if name in runs else None

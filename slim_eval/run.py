@@ -6,7 +6,7 @@ split per protocol, stored as per-user ranks in ``eval/<split>/<run>-<protocol>.
 with the checkpoint it came from. A rerun whose checkpoint is unchanged reads that file instead of
 scoring again, so the test split of a fitted model is computed exactly once.
 
-The .npz also holds what the issue-4 analyses need without refitting: history lengths (user
+The .npz also holds what the report's per-user analyses need without refitting: history lengths (user
 sparsity groups) and, under ``full``, each user's top-10 list with its EPC@10/EFD@10.
 """
 from __future__ import annotations

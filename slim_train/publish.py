@@ -116,7 +116,7 @@ prefix for `valid`), teacher, prompt_hash, params (decoding, JSON), rationale (r
 (the 3 parsed steps), is_validation (held out during distillation).
 
 The prompts are not included: rebuild them from the source dataset with SLIM-Rec
-(`slim.prompts.student_messages(dataset.titles(dataset.history(u, split)))`). The rationales name
+(`slim.lm.prompts.student_messages(dataset.titles(dataset.history(u, split)))`). The rationales name
 items of the source dataset; check its terms before reuse. Generated text may be wrong or biased.
 """
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -8,7 +8,7 @@ OPENAI_API_KEY). The local paths decode greedily with the same chat template and
 they write the same text up to near-ties (11 of 12 identical in bench/teacher_engines.py). Step 3
 (``--step3 grammar``, the default) names catalogue items: the worker pool binds it with a llama.cpp
 grammar; an endpoint takes no grammar, so it is shown the same shortlist numbered and its free answer
-is snapped to it (slim.rationales.numbered_list_row; rows say which path they took).
+is snapped to it (slim.lm.rationales.numbered_list_row; rows say which path they took).
 
 Users are visited in the order of a seeded permutation, so a run stopped early is still a uniform
 sample and ``--first-users`` can grow later without redoing work; ``--eval-users N`` instead writes the

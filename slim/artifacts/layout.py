@@ -185,12 +185,6 @@ class RunLayout:
         """Pass this as ``run_dir`` to ``slim.recommenders.train.fit``; it adds ``<name>-<key hash>``."""
         return self.root / "checkpoints"
 
-    def checkpoint_candidates(self, run_name: str) -> list[Path]:
-        """Existing checkpoint dirs of ``<backbone>-<variant>[-<tag>]-seed<k>`` (any key hash)."""
-        if not self.checkpoints_dir.is_dir():
-            return []
-        return sorted(p for p in self.checkpoints_dir.glob(f"{run_name}-*") if p.name.rsplit("-", 1)[0] == run_name)
-
     @property
     def negatives_dir(self) -> Path:
         return self.root / "negatives"

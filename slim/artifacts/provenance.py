@@ -51,7 +51,7 @@ def sha256_array(a: np.ndarray | None) -> str | None:
 def text_inputs_key(vectors: np.ndarray | None) -> dict | str | None:
     """What a checkpoint records of one text input: the texts and encoder it came from.
 
-    ``slim.encoders.TextVectors`` carry that (``.provenance``), and then the key never depends on
+    ``slim.lm.encoders.TextVectors`` carry that (``.provenance``), and then the key never depends on
     the float bits (which differ across machines). Plain arrays (synthetic tests, hand-made
     vectors) have no texts to name: their key is the hash of the values rounded to 4 decimals,
     which a 1e-6 wobble rarely flips and a real change always does.

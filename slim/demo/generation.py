@@ -15,7 +15,7 @@ from slim.lm.reasoners import GenerationParams
 
 
 class _StreamedSteps:
-    """The reasoner as ``slim.grounding.grounded_generation`` calls it, with each piece shown as it comes:
+    """The reasoner as ``slim.lm.grounding.grounded_generation`` calls it, with each piece shown as it comes:
     the free Steps 1-2 stream token by token, then every grammar-bound Step-3 item appears when chosen."""
 
     def __init__(self, reasoner, on_delta: Callable[[str], None], on_item: Callable[[str], None]):
@@ -64,7 +64,7 @@ class GenerationMixin:
         """Stream one rationale into ``col`` (memoised per prompt: greedy decoding is deterministic).
 
         ``grounding``: Steps 1-2 stream free, then Step 3 is ``grounding.cfg.k`` catalogue items chosen
-        one by one under a grammar over the shortlist (slim.grounding.grounded_generation)."""
+        one by one under a grammar over the shortlist (slim.lm.grounding.grounded_generation)."""
         key = f"{role}:{reasoner.model_name}:{prompt_hash(messages)}:{params.max_tokens}:{bool(grounding)}"
         col.model = reasoner.model_name
         col.status = "running"
@@ -164,7 +164,7 @@ class GenerationMixin:
         if not self.student_distilled(req.dataset):
             student.note = f"not distilled yet: {live_student_adapter(req.dataset)} is missing"
         # the student's Step 3 is grounded too (same shortlist, under a grammar); its prompt is the one
-        # its adapter was distilled on (slim.artifacts.adapter_prompt): a grounded student sees the
+        # its adapter was distilled on (slim.artifacts.layout.adapter_prompt): a grounded student sees the
         # domain and the shortlist, a plain one the history only, so only the items it may name change
         sg = self.grounding(req) if grounds(student_model) else None
         if sg is not None and adapter_prompt(self.adapter_path(req.dataset)) == "grounded":

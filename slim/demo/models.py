@@ -35,11 +35,11 @@ class Grounding:
 
     shortlist: list[int]
     titles: list[str]
-    cfg: Any  # slim.grounding.GroundingConfig
+    cfg: Any  # slim.lm.grounding.GroundingConfig
 
 
 def grounds(reasoner) -> bool:
-    """The in-process llama.cpp model (slim.reasoners.LlamaCppReasoner) takes a grammar: Step 3 is grounded."""
+    """The in-process llama.cpp model (slim.lm.reasoners.LlamaCppReasoner) takes a grammar: Step 3 is grounded."""
     return callable(getattr(reasoner, "complete", None))
 
 
@@ -47,7 +47,7 @@ class ModelsMixin:
     """The models of a DemoService, loaded lazily behind its locks."""
 
     def adapter_path(self, name: str = DEFAULT_DATASET) -> Path:
-        """The student the page runs live (slim.artifacts.live_student_adapter): v4, which knows movies
+        """The student the page runs live (slim.artifacts.layout.live_student_adapter): v4, which knows movies
         and games and was distilled on the grounded prompt, so its Step 3 names shortlist items."""
         return self.root / live_student_adapter(name)
 
@@ -143,7 +143,7 @@ class ModelsMixin:
             return self._item_text[name]
 
     def candidate_index(self, name: str):
-        """The grounded Step 3's shortlist builder for ``name`` (slim.grounding.CandidateIndex), built once."""
+        """The grounded Step 3's shortlist builder for ``name`` (slim.lm.grounding.CandidateIndex), built once."""
         ds = self.dataset(name)
         vectors = self.item_text(name)
         with self._lock:

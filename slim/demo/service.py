@@ -8,7 +8,7 @@ What a request does (:meth:`DemoService.run`):
 1. Resolve the history: a dataset user (history = seq[:-1], the held-out next item = seq[-1], the
    test split of ``slim.data.dataset``) or a custom history (``slim.demo.uploads``: matched catalogue titles).
 2. Stream two rationales side by side in threads: the student (SmolLM2-135M in llama.cpp, with the
-   newest distilled LoRA, ``slim.artifacts.live_student_adapter``) always runs live. The teacher
+   newest distilled LoRA, ``slim.artifacts.layout.live_student_adapter``) always runs live. The teacher
    column shows the cached teacher rationale for dataset users when a teacher run wrote one
    (``assets/rationales/<ds>/teacher.jsonl``, ``runs/<ds>/rationales/teacher.jsonl``); otherwise
    (custom histories) the teacher reasons live: an OpenAI-compatible endpoint from the environment
@@ -87,5 +87,5 @@ class DemoService(DatasetsMixin, RequestsMixin, ModelsMixin, GenerationMixin, Ra
         self._teacher_error = ""
         self._encoder = None
         self._memo: OrderedDict[str, tuple] = OrderedDict()
-        self._candidates: dict[str, Any] = {}  # dataset -> slim.grounding.CandidateIndex
+        self._candidates: dict[str, Any] = {}  # dataset -> slim.lm.grounding.CandidateIndex
         self.refused: dict[str, str] = {}  # checkpoint path -> why it is not used

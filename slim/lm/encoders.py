@@ -180,7 +180,7 @@ class TextVectors(np.ndarray):
     Why: a fitted model is keyed by what went into it. The vectors of the same texts differ in the
     last bits across machines, thread counts and library builds, so a key on their bytes refuses a
     shipped checkpoint everywhere but on the box that made it. The texts do not change, so the key
-    names them (``slim.artifacts.text_inputs_key``). A plain ndarray subclass, so every consumer
+    names them (``slim.artifacts.provenance.text_inputs_key``). A plain ndarray subclass, so every consumer
     that wants numbers still gets numbers; anything derived from it (a slice, ``v * 0.5``) loses
     the provenance, because it is no longer the encoding of those texts.
 

@@ -148,7 +148,7 @@ def agreement(candidates: list[str], references: list[str], encoder=None) -> dic
 def _zero_shot(dataset: SequentialDataset, rows: list[dict], user_vector, item_vectors: np.ndarray,
                negatives: np.ndarray, k: int) -> float | None:
     """Mean NDCG@k of the rows' targets among their sampled negatives, each (user, split) scored by
-    ``user_vector(rows)`` . item text; :func:`slim.metrics.compute_ranks` ranks them, as every report does."""
+    ``user_vector(rows)`` . item text; :func:`slim.eval.metrics.compute_ranks` ranks them, as every report does."""
     import torch
 
     from slim.eval.metrics import compute_ranks, user_metric

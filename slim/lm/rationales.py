@@ -134,7 +134,7 @@ def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Genera
     endpoints that take no grammar (OpenAI-compatible servers: vLLM, OpenAI, llama.cpp's server).
 
     ``step3_items``: the item ids of the candidates the answer named (by number or title, see
-    slim.grounding.snap_to_candidates), in order, distinct, at most ``cfg.k``; none is in the history
+    slim.lm.grounding.snap_to_candidates), in order, distinct, at most ``cfg.k``; none is in the history
     (the shortlist excludes it) and none is invented: fewer than K snapped picks stay fewer
     (``step3_snapped`` counts them; ``cfg.k`` is how many were asked for).
 
@@ -185,7 +185,7 @@ def write_rationales(
 ) -> Iterator[dict]:
     """Generate missing rows, append each as soon as its batch is done, yield it (for progress).
 
-    ``grounding`` (slim.grounding.GroundingConfig) with ``candidates`` (its CandidateIndex): Step 3 is
+    ``grounding`` (slim.lm.grounding.GroundingConfig) with ``candidates`` (its CandidateIndex): Step 3 is
     the free answer snapped to a numbered shortlist (:func:`numbered_list_row`), for reasoners that
     take no grammar.
 

@@ -1,9 +1,9 @@
 """Post-filter of Step 3: keep only catalogue items the user has not consumed yet.
 
-Why: both reasoners name items badly in Step 3. On ML-100K, 61% of the student's Step-3 names do
-not exist in the catalogue, and 59% of those that do are already in the user's history (the
-teacher repeats the history 83% of the time; ``python -m slim_eval --rationales``). A text encoder
-then embeds invented titles and "more of what you watched", which is noise for ranking *new* items.
+Why: a free-text Step 3 names items badly: some names are not in the catalogue, and many of those
+that are were already in the user's history (``python -m slim_eval --rationales`` measures both per
+rationale file, in ``rationale-quality.json``). A text encoder then embeds invented titles and "more
+of what you watched", which is noise for ranking *new* items.
 The filter maps each name to the catalogue (the ``rationale`` rule of ``slim.lm.titles``, which
 also measures groundedness),
 drops invented and already-seen items, and writes the kept items' canonical titles. The history

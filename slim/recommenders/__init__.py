@@ -52,7 +52,7 @@ def build_model(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
     if variant in ITEM_TEXT_VARIANTS and item_text is None:
-        raise ValueError(f"variant {variant!r} needs item_text (slim.encoders.item_text_matrix)")
+        raise ValueError(f"variant {variant!r} needs item_text (slim.lm.encoders.item_text_matrix)")
     if variant == "match":
         return TextMatcher(item_text, dim)
     item_encoder: nn.Module = IDItemEncoder(n_items, dim)

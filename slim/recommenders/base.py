@@ -15,18 +15,8 @@ Conventions shared by all backbones:
 """
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import nn
-
-
-class SequenceEncoder(Protocol):
-    """``forward(emb [B, L, d], seq [B, L]) -> hidden [B, L, d]``, causal, padding = id 0."""
-
-    dim: int
-
-    def __call__(self, emb: torch.Tensor, seq: torch.Tensor) -> torch.Tensor: ...
 
 
 class IDItemEncoder(nn.Module):

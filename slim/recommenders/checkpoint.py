@@ -72,7 +72,7 @@ def _user_vec(fm: FittedModel, users: np.ndarray, split: str) -> torch.Tensor | 
 def checkpoint_key(dataset: SequentialDataset, cfg: FitConfig, item_text, user_text) -> dict[str, Any]:
     """What must match for a checkpoint to be reused (code version is recorded, not matched).
 
-    Text inputs are named by their texts and encoder (``slim.artifacts.text_inputs_key``), never by
+    Text inputs are named by their texts and encoder (``slim.artifacts.provenance.text_inputs_key``), never by
     the bytes of the vectors: the same titles encode to slightly different floats on another
     machine, and a shipped checkpoint must load there. The vectors themselves are checked against
     a stored probe with a tolerance (:func:`text_inputs_check`).
@@ -216,11 +216,6 @@ def load_module(checkpoint_dir: str | Path, dataset: SequentialDataset, item_tex
     model.load_state_dict(state)
     model.float().eval()
     return model, record
-
-
-def checkpoint_dir_name(dataset: SequentialDataset, cfg: FitConfig, item_text=None, user_text=None) -> str:
-    """``<backbone>-<variant>[-<tag>]-seed<k>-<key hash>``: the directory ``fit`` writes and reuses."""
-    return f"{cfg.name}-{key_hash(checkpoint_key(dataset, cfg, item_text, user_text))}"
 
 
 def complete_checkpoint(ckpt: Path, key: dict | None = None) -> dict | None:

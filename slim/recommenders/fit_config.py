@@ -40,7 +40,7 @@ class FitConfig:
     # teacher/slim training (ours): 0 = the user's rationale at every training position (paper);
     # N > 0 = a zero rationale vector at the positions whose target is among the last N items of the
     # train prefix, which the prompt the training rationale was written from showed (it shows the 20
-    # most recent titles: slim.prompts.DEFAULT_MAX_HISTORY). Scoring is unchanged.
+    # most recent titles: slim.lm.prompts.DEFAULT_MAX_HISTORY). Scoring is unchanged.
     rationale_window: int = 0
 
     def __post_init__(self) -> None:

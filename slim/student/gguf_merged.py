@@ -9,7 +9,7 @@ re-quantised, so the greedy text can drift from the reference path (transformers
 GGUF path stays the exact one. q4_0 loops (7/40 rationales parsed), hence q8_0 on the CLI.
 
 The conversion itself is llama.cpp's ``convert_hf_to_gguf.py`` from the same sdist as the LoRA
-converter (:func:`slim.gguf_lora.run_converter`), and the quantiser is ``llama_model_quantize`` of
+converter (:func:`slim.student.gguf_lora.run_converter`), and the quantiser is ``llama_model_quantize`` of
 the installed llama-cpp-python, so the file format always matches the loader.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
 
     Why from artefacts rather than a stopwatch around the command: a rerun reuses most fits and
     rationales, so the wall time of the last command says little; the rows' own ``seconds`` and
-    the checkpoints' epoch timings add up what was really spent, whichever session spent it.
+    the checkpoints' epoch timings add up what was really spent, whichever run spent it.
     """
     from ..inputs import load_rationale_rows
 

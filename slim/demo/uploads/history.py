@@ -75,7 +75,7 @@ class Catalogue:
 
     @classmethod
     def from_dataset(cls, dataset: Any) -> "Catalogue":
-        """``dataset``: a slim.data.SequentialDataset (items indexed by item_idx, column title)."""
+        """``dataset``: a slim.data.dataset.SequentialDataset (items indexed by item_idx, column title)."""
         return cls(dataset.items["title"].astype(str).tolist(), dataset.items.index.tolist())
 
     def __len__(self) -> int:
