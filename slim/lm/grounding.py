@@ -129,10 +129,12 @@ def hubness(dataset, unit_vectors: np.ndarray, recent: int = 5, k: int = 50, max
         lo, hi = dataset.offsets[u], ends[u]
         if hi > lo:
             queries.append(unit_vectors[dataset.values[max(lo, hi - recent):hi]].mean(axis=0))
+    out = np.zeros(len(unit_vectors), dtype=np.float32)
+    if not queries:  # no train prefix at all (a catalogue without interactions): nothing is a hub
+        return out
     q = np.asarray(queries, dtype=np.float32)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     k = min(k, len(q))
-    out = np.zeros(len(unit_vectors), dtype=np.float32)
     for lo in range(0, len(unit_vectors), chunk):
         sims = q @ unit_vectors[lo:lo + chunk].T
         out[lo:lo + chunk] = np.partition(sims, len(q) - k, axis=0)[len(q) - k:].mean(axis=0)
