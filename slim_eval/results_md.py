@@ -23,8 +23,7 @@ from typing import Sequence
 from slim.artifacts.provenance import read_json
 
 from .report.rows import BACKBONE_LABELS, PROTOCOL_TITLES, find_row
-from .report.tables import (data_line, fmt, improvement, render, results_table, slim_vs_teacher_cells,
-                            slim_vs_teacher_table, table1, table2)
+from .report.tables import fmt, improvement, render, slim_vs_teacher_cells, summary_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -289,15 +288,8 @@ def run_section(name: str, report: dict, reports_dir: Path, preface: str | None 
     command = produced_by(reports_dir / name / "report.md")
     if command:
         parts.append(f"Produced by `{command}`.")
-    line = data_line(report)
-    if line:
-        parts.append(line)
-    parts.append(results_table(report, markdown=True))
+    parts += summary_blocks(report)
     ivs = intervals(reports_dir / name / "report.md")
-    for p in report["protocols"]:
-        for t in (table1(report, p), table2(report, p), slim_vs_teacher_table(report, p)):
-            if t:
-                parts.append(t)
     for title in _INTERVAL_TITLES:
         t = _interval_section(report, ivs, title)
         if t:

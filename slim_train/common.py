@@ -39,6 +39,13 @@ class DeprecatedSpelling(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_first_users(p: argparse.ArgumentParser, what: str) -> None:
+    """``--first-users N`` (into ``users``): the first N users of the order ``what`` names; ``--users`` is its
+    old spelling in these verbs."""
+    p.add_argument("--first-users", dest="users", type=int, default=None, help=what)
+    add_deprecated(p, "--users", "--first-users", dest="users")
+
+
 def add_deprecated(p: argparse.ArgumentParser, old: str, replacement: str, dest: str, type=int) -> None:
     """``old`` parses like ``replacement`` (into ``dest``) and prints a deprecation message when used."""
     p.add_argument(old, dest=dest, type=type, default=argparse.SUPPRESS, action=DeprecatedSpelling,

@@ -33,7 +33,7 @@ from slim.lm.rationales import write_rationales
 from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
-from .common import add_common, add_deprecated, run_dir
+from .common import add_common, add_first_users, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
 from slim.lm.prompts import prompt_builder as prompt_fn
@@ -41,10 +41,8 @@ from slim.lm.prompts import prompt_builder as prompt_fn
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p, sample=False)
-    p.add_argument("--first-users", dest="users", type=int, default=None,
-                   help="the first N users of a seeded permutation (--seed): growing N later extends the sample "
-                   "without redoing work (all users when omitted)")
-    add_deprecated(p, "--users", "--first-users", dest="users")
+    add_first_users(p, "the first N users of a seeded permutation (--seed): growing N later extends the sample "
+                    "without redoing work (all users when omitted)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation (and of --eval-users' sample)")
     p.add_argument("--eval-users", type=int, default=None,
                    help="the seeded sample of `slim_eval --users N --user-seed S` (with --seed S), instead of "

@@ -166,6 +166,13 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return REPO_ROOT.parent / "shared" / "data"
 
 
+def _refuse_first(inter: pd.DataFrame, bad: pd.Series, source: Path, what, fix: str) -> None:
+    """Raise DataFormatError at the first row where ``bad`` holds (its file line, ``what(row)``, ``fix``)."""
+    if bad.any():
+        row = int(np.flatnonzero(bad.values)[0])
+        raise DataFormatError(source, int(inter["_line"].iloc[row]), what(inter.iloc[row]), fix)
+
+
 def _build(
     name: str,
     items: pd.DataFrame,
@@ -179,22 +186,11 @@ def _build(
     id_to_idx = pd.Series(items.index.values, index=items["item_id"].values)
     inter = interactions.copy()
     inter["item_idx"] = inter["item_id"].map(id_to_idx)
-    unknown = inter["item_idx"].isna()
-    if unknown.any():
-        row = int(np.flatnonzero(unknown.values)[0])
-        raise DataFormatError(
-            source, int(inter["_line"].iloc[row]),
-            f"item_id {inter['item_id'].iloc[row]!r} is not in the items file",
-            "add the item to the items file or drop the interaction",
-        )
-    dup = inter.duplicated(["user_id", "item_id"])
-    if dup.any():
-        row = int(np.flatnonzero(dup.values)[0])
-        raise DataFormatError(
-            source, int(inter["_line"].iloc[row]),
-            f"duplicate interaction (user {inter['user_id'].iloc[row]!r}, item {inter['item_id'].iloc[row]!r})",
-            "keep one row per user-item pair (SLIM predicts the next new item)",
-        )
+    _refuse_first(inter, inter["item_idx"].isna(), source, lambda r: f"item_id {r['item_id']!r} is not in the items file",
+                  "add the item to the items file or drop the interaction")
+    _refuse_first(inter, inter.duplicated(["user_id", "item_id"]), source,
+                  lambda r: f"duplicate interaction (user {r['user_id']!r}, item {r['item_id']!r})",
+                  "keep one row per user-item pair (SLIM predicts the next new item)")
     # first appearance order of users, then a stable sort: equal timestamps keep file order
     inter["_user_order"] = pd.factorize(inter["user_id"])[0]
     keys = ["_user_order"] + (["timestamp"] if "timestamp" in inter else [])

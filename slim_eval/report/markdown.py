@@ -18,7 +18,7 @@ from .compute import compute_table
 from .intervals import improvement_table, slim_vs_teacher_interval_table
 from .per_user import gain_by_rationale_table, popularity_table
 from .plots import longtail_plot, sparsity_plot
-from .tables import data_line, results_table, slim_vs_teacher_table, table1, table2
+from .tables import summary_blocks
 
 
 def run_record_path(layout: RunLayout, split: str) -> Path:
@@ -36,14 +36,7 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     parts = [f"# SLIM-Rec report: {report['dataset']} ({report['split']})"]
     if command:
         parts.append(f"Produced by:\n\n```\n{command}\n```")
-    line = data_line(report)
-    if line:
-        parts.append(line)
-    parts.append(results_table(report, markdown=True))
-    for p in report["protocols"]:
-        for t in (table1(report, p), table2(report, p), slim_vs_teacher_table(report, p)):
-            if t:
-                parts.append(t)
+    parts += summary_blocks(report)
     for t in (improvement_table(layout, report), slim_vs_teacher_interval_table(layout, report)):
         if t:
             parts.append(t)

@@ -151,6 +151,16 @@ def table2(report: dict, protocol: str, markdown: bool = True) -> str | None:
 
 
 
+def summary_blocks(report: dict) -> list[str]:
+    """The blocks every page of one report shows first, in order: the data sentence, the main table,
+    then per protocol the paper's table shapes that have rows (report.md and docs/RESULTS.md)."""
+    parts = [line] if (line := data_line(report)) else []
+    parts.append(results_table(report, markdown=True))
+    for p in report["protocols"]:
+        parts += [t for t in (table1(report, p), table2(report, p), slim_vs_teacher_table(report, p)) if t]
+    return parts
+
+
 def combined_table1(reports: Sequence[dict], protocol: str, markdown: bool = True) -> str | None:
     """The paper's Table 1 layout across datasets: rows X, X+, teacher, SLIM, Improv.; columns dataset x metric."""
     reports = [r for r in reports if protocol in r["protocols"]]

@@ -28,16 +28,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ..common import add_common, add_deprecated, run_dir
+from ..common import add_common, add_deprecated, add_first_users, run_dir
 from .config import add_config_args, config_from_args
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_common(p, sample=False)
-    p.add_argument("--first-users", dest="users", type=int, default=None,
-                   help="train on the ok rows of the first N users in teacher-file order, which is teach's "
-                   "permutation order (all when omitted)")
-    add_deprecated(p, "--users", "--first-users", dest="users")
+    add_first_users(p, "train on the ok rows of the first N users in teacher-file order, which is teach's "
+                    "permutation order (all when omitted)")
     p.add_argument("--teacher-file", type=Path, nargs="+", default=None,
                    help="default: <run dir>/rationales/teacher.jsonl; several files (e.g. ML-100K and Games rows) "
                         "train one student on several domains: each row's `dataset` field names its dataset")
