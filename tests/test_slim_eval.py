@@ -383,20 +383,21 @@ def test_rationales_flag_reports_quality_only(tmp_path, capsys, data_dir):
 def test_dataset_all_expands_to_the_reported_samples():
     from slim_eval.__main__ import REPORTED_RUNS, REPORTED_VARIANTS, expand_all
 
-    TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher"  # configs/reported/amazon-video-games-u500.toml
+    # configs/reported/amazon-video-games-u500.toml: the teacher sample with the two fusion ablations
+    TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher,slim-gated,slim-noleak"
 
     runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
     assert list(runs) == list(REPORTED_RUNS)
     ml, games, u500, sci = (runs[k] for k in ("ml-100k", "amazon-video-games", "amazon-video-games-u500",
                                               "amazon-industrial-scientific"))
-    # all 943 users; the reported variants plus the Step-3 post-filtered ones its report has
-    assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k", "--variants",
-                  REPORTED_VARIANTS + ",slim-clean,match-clean"]
+    # all 943 users, the reported variants
+    assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k", "--variants", REPORTED_VARIANTS]
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
                                                                              REPORTED_VARIANTS]
-    # the teacher sample is its own run directory and reads the main run's rationale files
+    # the teacher sample is its own run directory and reads the main run's rationale files (student v4's)
     assert u500[u500.index("--users"):] == ["--users", "500", "--out", "runs/amazon-video-games-u500",
                                             "--rationales-from", "runs/amazon-video-games",
+                                            "--student-file", "student-v4.jsonl",
                                             "--variants", TEACHER_SAMPLE_VARIANTS]
     assert sci[sci.index("--users"):] == ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS]
     assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
