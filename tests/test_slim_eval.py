@@ -583,3 +583,18 @@ def test_student_file_names_which_student_rows_a_run_reads_and_the_command_that_
     cmd = producer_command("student", "amazon-video-games", str(tmp_path), 500, 0, "student-v4.jsonl")
     assert "--name student-v4 " in cmd + " " and "--users 500 --seed 0" in cmd
     assert "--name" not in producer_command("student", "amazon-video-games", str(tmp_path), 500, 0)
+
+
+def test_reported_run_configs_are_read_in_order_and_a_malformed_one_is_refused(tmp_path):
+    from slim.artifacts.reported_runs import read_run, reported_runs
+
+    (tmp_path / "b.toml").write_text('order = 1\n[flags]\ndataset = "ml-100k"\nusers = 50\nmin-coverage = 0.85\n')
+    (tmp_path / "a.toml").write_text('order = 2\n[flags]\ndataset = "ml-100k"\n')
+    runs = reported_runs(tmp_path)
+    assert [r.name for r in runs] == ["b", "a"]
+    assert runs[0].argv == ["--dataset", "ml-100k", "--users", "50", "--min-coverage", "0.85"]
+    (tmp_path / "c.toml").write_text('[flags]\ndataset = "ml-100k"\n')
+    with pytest.raises(ValueError, match="c.toml: a reported run needs `order"):
+        read_run(tmp_path / "c.toml")
+    with pytest.raises(FileNotFoundError, match="no reported-run configs"):
+        reported_runs(tmp_path / "empty")

@@ -51,8 +51,11 @@ def read_run(path: Path) -> ReportedRun:
 
 @lru_cache(maxsize=None)
 def reported_runs(runs_dir: Path = RUNS_DIR) -> tuple[ReportedRun, ...]:
-    """Every reported run, in ``--dataset all`` order."""
-    return tuple(sorted((read_run(p) for p in Path(runs_dir).glob("*.toml")), key=lambda r: (r.order, r.name)))
+    """Every reported run, in ``--dataset all`` order; none found is an error, not an empty grid."""
+    runs = tuple(sorted((read_run(p) for p in Path(runs_dir).glob("*.toml")), key=lambda r: (r.order, r.name)))
+    if not runs:
+        raise FileNotFoundError(f"{runs_dir}: no reported-run configs (<name>.toml); `--dataset all` has nothing to run")
+    return runs
 
 
 def reported_user_samples() -> dict[str, tuple[int, int]]:
