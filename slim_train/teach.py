@@ -33,7 +33,7 @@ from slim.lm.rationales import write_rationales
 from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
-from .common import add_common, add_first_users, run_dir
+from .common import add_common, add_first_users, add_shortlist, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
 from slim.lm.prompts import prompt_builder as prompt_fn
@@ -65,8 +65,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "--candidates items nearest to the history (local teacher); through --server/--base-url, which "
                    "take no grammar, the shortlist is shown numbered and the answer snapped to it; free: the model "
                    "writes Step 3 itself")
-    p.add_argument("--k", type=int, default=3, help="items Step 3 names (grammar)")
-    p.add_argument("--candidates", type=int, default=20, help="shortlist size the grammar allows")
+    add_shortlist(p)
     add_shard_arg(p)
 
 
@@ -123,7 +122,9 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
 
             from slim.lm.grounding import GroundingConfig
 
-            grounding = asdict(GroundingConfig.for_dataset(args.dataset, k=args.k, n_candidates=args.candidates))
+            grounding = asdict(GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
+                                                           popularity_weight=args.popularity_weight,
+                                                           hubness_weight=args.hubness_weight))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
@@ -161,7 +162,8 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     from slim.lm.grounding import CandidateIndex, GroundingConfig
 
     cfg = GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
-                                     popularity_weight=getattr(args, "popularity_weight", None))
+                                     popularity_weight=args.popularity_weight,
+                                     hubness_weight=args.hubness_weight)
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
           f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
     index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)

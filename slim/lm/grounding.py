@@ -18,7 +18,7 @@ reveal the held-out target.
 
 Endpoints that take no grammar (OpenAI, vLLM, llama.cpp's server) get the same candidates as a
 numbered list and their free answer is snapped to it (:func:`snap_to_candidates`; the row, with Step 3
-rewritten to the snapped titles: slim.rationales.numbered_list_row); each row records which path
+rewritten to the snapped titles: slim.lm.rationales.numbered_list_row); each row records which path
 it took (``step3_path``: ``grammar`` or ``numbered-list``).
 """
 from __future__ import annotations
@@ -284,7 +284,7 @@ def numbered_list(titles: Sequence[str]) -> str:
 
 
 def number_the_candidates(messages, titles: Sequence[str], k: int):
-    """The prompt with its candidates block (slim.prompts.format_candidates) numbered, and Step 3 told
+    """The prompt with its candidates block (slim.lm.prompts.format_candidates) numbered, and Step 3 told
     it may answer ``#<number> <title>``: the endpoint path, whose free answer is snapped to the list.
 
     A copy; raises if the prompt shows no such block (the candidates must be the ones snapped to).
