@@ -63,6 +63,9 @@ SUPERSEDED = {
                            "prompt, catalogue-grounded Step 3)"),
     "amazon-video-games-u500-v3": ("amazon-video-games", "the 500-user sample with student v3's rows (plain "
                                    "prompt, free Step 3); replaced by student v4's rows for the same users"),
+    "ml-100k-v4-legacy-shortlist": ("ml-100k", "student v4's rows over the shortlist before its hubness "
+                                    "correction, with the fusion ablations (zero-initialised gate, leakage-free "
+                                    "training); replaced by the rows over the corrected shortlist"),
     "amazon-industrial-scientific-allusers": ("amazon-industrial-scientific", "all users, SASRec and GRU4Rec, "
                                               "id / text only, 1-2 seeds; replaced by the 600-user sample "
                                               "that has student rationales"),
