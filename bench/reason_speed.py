@@ -26,7 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from slim.data.dataset import load_dataset
 from slim.lm.prompts import domain_for, student_messages, teacher_messages
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+from slim.lm.llama_reasoner import LlamaCppReasoner
+from slim.lm.reasoners import GenerationParams
 from slim.lm.weights import student_gguf_path, teacher_gguf_path
 
 

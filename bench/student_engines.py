@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from slim.data.dataset import load_dataset
 from slim.lm.prompts import student_messages
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+from slim.lm.llama_reasoner import LlamaCppReasoner
+from slim.lm.reasoners import GenerationParams
 from slim.lm.weights import student_gguf_path
 
 

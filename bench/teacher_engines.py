@@ -22,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from slim.data.dataset import load_dataset
 from slim.lm.prompts import teacher_messages
 from slim.lm.rationales import prompt_for
-from slim.lm.reasoners import (LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppReasoner,
-                            LlamaCppServer, OpenAIChatReasoner)
+from slim.lm.llama_reasoner import LlamaCppReasoner, LlamaCppServer
+from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, OpenAIChatReasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 from slim_train.pool import pool_rows
 

@@ -31,7 +31,7 @@ def _init_worker(model: str, adapter: str | None, dataset: str, data_dir: str | 
     # wait forever: keep the error and raise it from the first job instead
     try:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        from slim.lm.reasoners import LlamaCppReasoner
+        from slim.lm.llama_reasoner import LlamaCppReasoner
 
         _WORKER["reasoner"] = LlamaCppReasoner(model, adapter, n_threads=1, n_ctx=n_ctx, model_name=model_name)
         _WORKER["ds"] = load_dataset(dataset, data_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -188,7 +187,7 @@ def main(args: argparse.Namespace) -> None:
             reasoner = endpoint_reasoner(args.base_url, model, concurrency=args.concurrency)
             batch = max(1, args.concurrency) * len(getattr(reasoner, "endpoints", [reasoner]))
         else:
-            from slim.lm.reasoners import TransformersReasoner
+            from slim.lm.hf_reasoner import TransformersReasoner
 
             reasoner = TransformersReasoner(model, adapter, batch_size=args.batch_size, device=args.device,
                                             dtype="bfloat16" if not _cuda() else "float16")

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from slim.data.dataset import load_dataset, sample_users
 from slim.lm.rationale_file import RationaleStore
 from slim.lm.rationales import write_rationales
-from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, LlamaCppServer, endpoint_reasoner
+from slim.lm.llama_reasoner import LlamaCppServer
+from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
 from .common import add_common, add_first_users, add_shortlist, run_dir

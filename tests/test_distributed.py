@@ -160,7 +160,7 @@ def jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_servers(tmp_path_factory):
     pytest.importorskip("llama_cpp")
-    from slim.lm.reasoners import LlamaCppServer
+    from slim.lm.llama_reasoner import LlamaCppServer
     from slim.lm.weights import student_gguf_path
 
     gguf = student_gguf_path()
@@ -249,7 +249,8 @@ def test_merge_lists_what_is_missing_and_refuses_mixed_jobs(tmp_path):
 
 
 def test_several_endpoints_fail_over_and_name_the_endpoint_that_fails(two_servers):
-    from slim.lm.reasoners import GenerationParams, MultiEndpointReasoner, free_port
+    from slim.lm.llama_reasoner import free_port
+    from slim.lm.reasoners import GenerationParams, MultiEndpointReasoner
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     url_a, _ = two_servers
@@ -287,7 +288,7 @@ def test_reason_against_a_server_that_serves_the_lora_as_a_named_model(tmp_path)
     the endpoint path writes the in-process llama.cpp engine's text (greedy, penalty 1.0)."""
     pytest.importorskip("llama_cpp")
     from slim.artifacts.layout import REPO_ROOT, adapter_prompt
-    from slim.lm.reasoners import LlamaCppServer
+    from slim.lm.llama_reasoner import LlamaCppServer
     from slim.lm.weights import student_gguf_path
     from slim_train.__main__ import main
 

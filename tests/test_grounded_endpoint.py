@@ -139,7 +139,7 @@ def test_teach_server_grounds_step3_by_the_numbered_list_and_resumes(small_gguf,
 def test_reason_openai_engine_takes_the_numbered_list_path(small_gguf, tmp_path, ml100k):
     """The distilled student served like vLLM serves it (base model + LoRA as a named model)."""
     from slim.artifacts.layout import REPO_ROOT, student_adapter
-    from slim.lm.reasoners import LlamaCppServer
+    from slim.lm.llama_reasoner import LlamaCppServer
     from slim_train.__main__ import main
 
     adapter = REPO_ROOT / student_adapter("ml-100k")

@@ -69,7 +69,7 @@ def test_snapping_an_endpoint_answer_to_the_numbered_shortlist():
 @pytest.fixture(scope="module")
 def student():
     pytest.importorskip("llama_cpp")
-    from slim.lm.reasoners import LlamaCppReasoner
+    from slim.lm.llama_reasoner import LlamaCppReasoner
     from slim.lm.weights import student_gguf_path
 
     try:
@@ -106,7 +106,7 @@ def test_score_continuations_equals_the_log_probs_of_a_logits_all_context(studen
     """The per-token logits read from one flagged batch equal llama-cpp-python's own logits_all path."""
     from llama_cpp import Llama
 
-    from slim.lm.reasoners import _log_softmax
+    from slim.lm.llama_reasoner import _log_softmax
 
     messages = [{"role": "user", "content": "<history>\n1. Star Wars (1977)\n2. Fargo (1996)\n</history>\nNext?"}]
     continuations = [" Heat (1995)\n", " The English Patient (1996)\n", " 12 Monkeys (1995)\n"]
@@ -201,14 +201,16 @@ def test_new_rows_record_the_validated_shortlist_and_old_rows_keep_theirs(ml100k
     cfg = GroundingConfig.for_dataset("ml-100k")
     assert (cfg.popularity_weight, cfg.hubness_weight) == (0.1, 0.5) and cfg.record()["hubness_weight"] == 0.5
     assert GroundingConfig.for_dataset("ml-100k", hubness_weight=0.0, k=None).hubness_weight == 0.0
-    shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k" / "student.jsonl"
-    with shipped.open() as f:
-        row = json.loads(next(f))
-    old = GroundingConfig(**{k: v for k, v in row["grounding"].items() if k != "candidates"})
-    assert old.hubness_weight == 0.0 and old.popularity_weight is None
-    index = CandidateIndex.for_config(ml100k, item_text_matrix(ml100k, TextEncoder()), old)
-    user = ml100k.user_index[str(row["user_id"])]
-    _, titles = grounding_shortlist(ml100k, user, row["split"], old, index)
-    messages = prompt_for(ml100k, user, row["split"], prompt_builder("student", "ml-100k", "dataset"),
-                          candidates=titles, k=old.k)
-    assert prompt_hash(messages) == row["prompt_hash"]
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k"
+    vectors = item_text_matrix(ml100k, TextEncoder())
+    for name, popularity, hubness_weight in (("student-v4-legacy.jsonl", None, 0.0), ("student.jsonl", 0.1, 0.5)):
+        with (shipped / name).open() as f:
+            row = json.loads(next(f))
+        conf = GroundingConfig(**{k: v for k, v in row["grounding"].items() if k != "candidates"})
+        assert (conf.popularity_weight, conf.hubness_weight) == (popularity, hubness_weight), name
+        index = CandidateIndex.for_config(ml100k, vectors, conf)
+        user = ml100k.user_index[str(row["user_id"])]
+        _, titles = grounding_shortlist(ml100k, user, row["split"], conf, index)
+        messages = prompt_for(ml100k, user, row["split"], prompt_builder("student", "ml-100k", "dataset"),
+                              candidates=titles, k=conf.k)
+        assert prompt_hash(messages) == row["prompt_hash"], name

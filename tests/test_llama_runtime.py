@@ -18,7 +18,8 @@ def test_the_wrapper_turns_extra_buffers_off_exactly_when_the_build_has_amx():
 def test_the_student_decodes_in_process():
     """A native build on an AMX CPU segfaulted here in the first decode (the server path, which
     loads through slim.lm.llama_server, is exercised by tests/test_reasoners.py)."""
-    from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+    from slim.lm.llama_reasoner import LlamaCppReasoner
+    from slim.lm.reasoners import GenerationParams
     from slim.lm.weights import student_gguf_path
 
     messages = [{"role": "user", "content": "Name one movie."}]

@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
     from slim.lm.prompts import student_messages
     from slim.lm.rationale_file import RationaleStore
     from slim.lm.rationales import write_rationales
-    from slim.lm.reasoners import GenerationParams, LlamaCppReasoner
+    from slim.lm.llama_reasoner import LlamaCppReasoner
+    from slim.lm.reasoners import GenerationParams
     from slim.lm.weights import student_gguf_path
     ds = load_dataset("ml-100k")
     store = RationaleStore(sys.argv[1])

@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from slim.lm.prompts import student_messages, teacher_messages
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner, LlamaCppServer, OpenAIChatReasoner
+from slim.lm.llama_reasoner import LlamaCppReasoner, LlamaCppServer
+from slim.lm.reasoners import GenerationParams, OpenAIChatReasoner
 from slim.lm.weights import student_gguf_path
 
 PARAMS = GenerationParams(max_tokens=24)

@@ -23,7 +23,9 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("peft")
 
 from slim.lm.prompts import student_messages  # noqa: E402
-from slim.lm.reasoners import GenerationParams, LlamaCppReasoner, TransformersReasoner  # noqa: E402
+from slim.lm.hf_reasoner import TransformersReasoner# noqa: E402
+from slim.lm.llama_reasoner import LlamaCppReasoner# noqa: E402
+from slim.lm.reasoners import GenerationParams# noqa: E402
 from slim.student.hf_model import PROVENANCE_FILE, _expected_provenance, _matches, student_hf_path  # noqa: E402
 from slim.lm.weights import student_gguf_path  # noqa: E402
 

@@ -1,7 +1,6 @@
 """The Space's settings: datasets offered, token budgets (overridable from the environment), fixed texts."""
 from __future__ import annotations
 
-import json
 import os
 
 

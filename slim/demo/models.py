@@ -39,7 +39,7 @@ class Grounding:
 
 
 def grounds(reasoner) -> bool:
-    """The in-process llama.cpp model (slim.lm.reasoners.LlamaCppReasoner) takes a grammar: Step 3 is grounded."""
+    """The in-process llama.cpp model (slim.lm.llama_reasoner.LlamaCppReasoner) takes a grammar: Step 3 is grounded."""
     return callable(getattr(reasoner, "complete", None))
 
 
@@ -56,7 +56,7 @@ class ModelsMixin:
         adapter = self.adapter_path(name)
         with self._lock:
             if str(adapter) not in self._students:
-                from slim.lm.reasoners import LlamaCppReasoner
+                from slim.lm.llama_reasoner import LlamaCppReasoner
                 from slim.lm.weights import student_gguf_path
 
                 lora = adapter if adapter.exists() else None
@@ -108,7 +108,7 @@ class ModelsMixin:
                         self._teacher = OpenAIChatReasoner(os.environ["SLIM_TEACHER_BASE_URL"], model,
                                                            timeout=120, max_retries=1)
                     elif source:
-                        from slim.lm.reasoners import LlamaCppReasoner
+                        from slim.lm.llama_reasoner import LlamaCppReasoner
                         from slim.lm.weights import teacher_gguf_path
 
                         # its own thread(s), beside the student's: see the module docstring
@@ -204,7 +204,7 @@ class ModelsMixin:
         if refused:
             ranker += f" ({len(refused)} checkpoint(s) refused: their inputs differ, see the log)"
         return (f"**Student:** {student}. **Teacher:** {live}"
-                + (f"; cached rationales for dataset users from " + " then ".join(f"`{c}`" for c in cached[:2])
+                + ("; cached rationales for dataset users from " + " then ".join(f"`{c}`" for c in cached[:2])
                    if cached else "")
                 + f". **Ranking:** {ranker}.")
 

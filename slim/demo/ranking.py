@@ -12,7 +12,6 @@ from slim.demo.checkpoints import Checkpoint, CheckpointRefused, find_checkpoint
 from slim.demo.config import DEFAULT_DATASET, TOP_K
 from slim.demo.display import _rel, _slim_label, MATCH_LABEL, Ranked, UNTRAINED_LABEL
 from slim.demo.requests import Request
-from slim.demo.uploads.limits import shown
 from slim.lm.prompts import parse_steps
 
 log = logging.getLogger("slim.demo")  # one logger for the Space's service

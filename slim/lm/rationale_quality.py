@@ -33,7 +33,6 @@ the chain inspectable on its own:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 

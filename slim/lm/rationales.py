@@ -7,10 +7,7 @@ prefix for ``valid`` and the train prefix + validation item for ``test``; never 
 """
 from __future__ import annotations
 
-import json
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from slim.data.dataset import SequentialDataset
