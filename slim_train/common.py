@@ -49,6 +49,13 @@ def add_shortlist(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hubness-weight", type=float, default=None,
                    help="weight of the hubness correction in the shortlist (default: the dataset's, "
                         "slim.lm.grounding.SHORTLIST; 0 = none)")
+    p.add_argument("--step2", choices=("free", "categories"), default=None,
+                   help="categories: Step 2 names catalogue categories (ML-100K genres, Amazon categories) chosen "
+                        "under a grammar from the history's most frequent (slim.lm.grounded_step2); free: as the "
+                        "model writes it. Default: the dataset's (slim.lm.grounding.STEP2); needs the grammar path")
+    p.add_argument("--step2-k", type=int, default=None, help="categories a grounded Step 2 names (default 2)")
+    p.add_argument("--step2-candidates", type=int, default=None,
+                   help="the history's most frequent categories a grounded Step 2 chooses from (default 3)")
 
 
 def add_first_users(p: argparse.ArgumentParser, what: str) -> None:

@@ -125,7 +125,9 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
 
             grounding = asdict(GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
                                                            popularity_weight=args.popularity_weight,
-                                                           hubness_weight=args.hubness_weight))
+                                                           hubness_weight=args.hubness_weight,
+                                                           step2=args.step2, step2_k=args.step2_k,
+                                                           step2_candidates=args.step2_candidates))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
@@ -162,9 +164,12 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     from slim.lm.encoders import TextEncoder, item_text_matrix
     from slim.lm.grounding import CandidateIndex, GroundingConfig
 
+    if getattr(args, "step2", None) == "categories":
+        raise SystemExit(f"{verb}: --step2 categories needs a grammar, which an endpoint does not take; use the "
+                         "in-process llama.cpp model (teach without --server/--base-url, reason --engine llama.cpp) or --step2 free")
     cfg = GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
                                      popularity_weight=args.popularity_weight,
-                                     hubness_weight=args.hubness_weight)
+                                     hubness_weight=args.hubness_weight, step2="free")
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
           f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
     index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)

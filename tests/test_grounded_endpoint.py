@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from slim.lm.grounding import GroundingConfig, number_the_candidates, snap_to_candidates, split_step3
+from slim.lm.grounding import GroundingConfig, split_step3
+from slim.lm.numbered_list import number_the_candidates, snap_to_candidates
 from slim.lm.titles import display_title
 from slim.lm.prompts import format_candidates, teacher_messages
 from slim.lm.reasoners import Generation, GenerationParams

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slim.lm.grounding import CandidateIndex, GroundingConfig, match_candidate, snap_to_candidates, title_grammar
+from slim.lm.grounding import CandidateIndex, GroundingConfig, match_candidate, title_grammar
+from slim.lm.numbered_list import snap_to_candidates
 from slim.lm.titles import display_title
 from slim.lm.prompts import domain_for, parse_steps, step3_items, student_messages, teacher_messages
 
@@ -214,3 +215,51 @@ def test_new_rows_record_the_validated_shortlist_and_old_rows_keep_theirs(ml100k
         messages = prompt_for(ml100k, user, row["split"], prompt_builder("student", "ml-100k", "dataset"),
                               candidates=titles, k=conf.k)
         assert prompt_hash(messages) == row["prompt_hash"], name
+
+
+def test_item_categories_read_ml100k_genres_and_rank_a_history_by_frequency(ml100k):
+    from slim.data.categories import history_categories, item_categories
+
+    star_wars = int(ml100k.items.index[ml100k.items["title"].str.startswith("Star Wars")][0])
+    assert {"Action", "Sci-Fi"} <= set(item_categories(ml100k, star_wars))
+    history = [int(i) for i in ml100k.history(0, "valid")]
+    top = history_categories(ml100k, history, 3)
+    counts = {c: sum(c in item_categories(ml100k, i) for i in history) for c in top}
+    assert len(top) == 3 and list(counts.values()) == sorted(counts.values(), reverse=True)
+
+
+def test_grounded_step2_names_distinct_categories_of_the_history_and_is_recorded(student, ml100k):
+    from slim.data.categories import item_categories
+    from slim.lm.encoders import TextEncoder, item_text_matrix
+    from slim.lm.prompts import prompt_builder as prompt_fn
+    from slim.lm.rationales import grounded_row
+    from slim.lm.reasoners import GenerationParams
+
+    cfg = GroundingConfig(k=2, n_candidates=10, step2="categories", step2_k=2, step2_candidates=4)
+    index = CandidateIndex.for_dataset(ml100k, item_text_matrix(ml100k, TextEncoder()))
+    fn = prompt_fn("student", ml100k.name, "dataset")
+    user = 5
+    row = grounded_row(student, ml100k, user, "valid", fn, GenerationParams(max_tokens=48), "student", cfg, index)
+    shown = [int(i) for i in ml100k.history(user, "valid")][-20:]
+    in_history = {c for i in shown for c in item_categories(ml100k, i)}
+    chosen = row["step2_categories"]
+    assert row["step2_path"] == "grammar" and row["grounding"]["step2"] == "categories"
+    assert len(chosen) == 2 and len(set(chosen)) == 2 and set(chosen) <= in_history
+    assert "Genres to look for next: " + ", ".join(chosen) + "." in row["rationale"]
+    steps = parse_steps(row["rationale"]).steps
+    if steps:  # the untuned model may not write a Step-1 header; Step 2 and Step 3 are written for it
+        assert all(c in steps[1] for c in chosen)
+    assert len(row["step3_items"]) == 2
+
+
+def test_a_catalogue_without_categories_keeps_a_free_step2():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from slim.data.categories import category_column, history_categories
+
+    games_like = SimpleNamespace(items=pd.DataFrame({"title": ["a", "b"], "text": ["a", "b"]}))
+    assert category_column(games_like) is None and history_categories(games_like, [0, 1], 3) == []
+    with pytest.raises(ValueError, match="step2"):
+        GroundingConfig(step2="genres")

@@ -16,17 +16,21 @@ from slim.lm.reasoners import GenerationParams
 
 class _StreamedSteps:
     """The reasoner as ``slim.lm.grounding.grounded_generation`` calls it, with each piece shown as it comes:
-    the free Steps 1-2 stream token by token, then every grammar-bound Step-3 item appears when chosen."""
+    the free text streams token by token; after every grammar-bound completion (a Step-2 category, a
+    Step-3 item) the column shows the answer so far, which is that call's prefix plus its completion."""
 
-    def __init__(self, reasoner, on_delta: Callable[[str], None], on_item: Callable[[str], None]):
-        self.reasoner, self.on_delta, self.on_item = reasoner, on_delta, on_item
+    def __init__(self, reasoner, on_delta: Callable[[str], None], on_answer: Callable[[str], None]):
+        self.reasoner, self.on_delta, self.on_answer = reasoner, on_delta, on_answer
         self.model_name = getattr(reasoner, "model_name", "teacher")
 
     def complete(self, messages, prefix: str, params=None, stop=(), grammar=None, reset: bool = False):
         if grammar is None and not prefix and hasattr(self.reasoner, "_llm"):
             return _stream_head(self.reasoner, messages, params, stop, self.on_delta)
         gen = self.reasoner.complete(messages, prefix, params, stop=stop, grammar=grammar, reset=reset)
-        (self.on_item if grammar is not None else self.on_delta)(gen.text)
+        if grammar is None and not prefix:
+            self.on_delta(gen.text)
+        else:
+            self.on_answer(prefix + gen.text)
         return gen
 
 
@@ -107,25 +111,22 @@ class GenerationMixin:
 
     @staticmethod
     def _grounded(reasoner, messages, params, g: Grounding, col: Column, on_delta, emit) -> None:
-        from slim.lm.grounding import STEP3_HEADER, grounded_generation
+        from slim.lm.grounding import grounded_generation
 
-        state = {"items": 0}
-
-        def on_item(text: str) -> None:
-            # the column shows the answer as grounded_generation builds it: Steps 1-2, "Step 3:", the items
-            if state["items"] == 0:
-                col.text = col.text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
-            state["items"] += 1
-            col.text += f"{state['items']}. {text.strip()}\n"
+        def on_answer(text: str) -> None:
+            col.text = text.lstrip("\n")
             col.tokens += 1
             emit()
 
-        gen, picked = grounded_generation(_StreamedSteps(reasoner, on_delta, on_item), messages, g.titles, params, g.cfg)
+        gen, picked, chosen = grounded_generation(_StreamedSteps(reasoner, on_delta, on_answer), messages, g.titles,
+                                                  params, g.cfg, categories=g.categories, step2_lead=g.step2_lead)
         if gen.error:
             raise RuntimeError(gen.error)
         col.text, col.tokens = gen.text, gen.completion_tokens
         col.step3_items = [g.shortlist[j] for j in picked]
         col.note = " · ".join(p for p in (col.note, (
+            f"Step 2: {len(chosen)} catalogue categories, chosen under a grammar from the {len(g.categories)} most "
+            f"frequent in the history") if chosen else "", (
             f"Step 3: {len(picked)} catalogue items not in the history, chosen under a grammar from the "
             f"{len(g.titles)} nearest candidates") if picked else "") if p)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Grounding:
     shortlist: list[int]
     titles: list[str]
     cfg: Any  # slim.lm.grounding.GroundingConfig
+    categories: list[str] = field(default_factory=list)  # a grounded Step 2's choices (slim.lm.grounded_step2)
+    step2_lead: str = ""
 
 
 def grounds(reasoner) -> bool:
@@ -162,7 +164,15 @@ class ModelsMixin:
         cfg = GroundingConfig.for_dataset(req.dataset)
         index = self.candidate_index(req.dataset)
         shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent)
-        return Grounding(shortlist, [index.display[i] for i in shortlist], cfg)
+        categories, lead = [], ""
+        if cfg.step2 == "categories":
+            from slim.lm.grounded_step2 import step2_candidates, step2_lead
+            from slim.lm.prompts import DEFAULT_MAX_HISTORY
+
+            ds = self.dataset(req.dataset)
+            categories = step2_candidates(ds, req.item_idx, cfg.step2_candidates, DEFAULT_MAX_HISTORY)
+            lead = step2_lead(ds)
+        return Grounding(shortlist, [index.display[i] for i in shortlist], cfg, categories, lead)
 
     def warm_up(self, name: str = DEFAULT_DATASET) -> None:
         """Load everything a first request needs, so the first visitor does not pay for it."""

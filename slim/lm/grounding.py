@@ -17,14 +17,13 @@ subtracts each item's closeness to many histories, which keeps the recall and sp
 reveal the held-out target.
 
 Endpoints that take no grammar (OpenAI, vLLM, llama.cpp's server) get the same candidates as a
-numbered list and their free answer is snapped to it (:func:`snap_to_candidates`; the row, with Step 3
+numbered list and their free answer is snapped to it (slim.lm.numbered_list; the row, with Step 3
 rewritten to the snapped titles: slim.lm.rationales.numbered_list_row); each row records which path
 it took (``step3_path``: ``grammar`` or ``numbered-list``).
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -32,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from slim.data.split import history_end
-from slim.lm.titles import SNAP_CUTOFF, display_title, title_match
+from slim.lm.grounded_step2 import STEP2_MARK, STEP2_MODES, grounded_step2
+from slim.lm.titles import display_title
 
 PICKS = ("grammar", "likelihood", "pmi")
 
@@ -58,19 +58,28 @@ class GroundingConfig:
     # "pmi" = likelihood minus log p(title | the same prompt with an empty history), which discounts
     # the titles the model names whoever the user is (surface-form competition, Holtzman et al. 2021)
     pick: str = "grammar"
+    # "free": Step 2 as the model writes it; "categories": ``step2_k`` distinct catalogue categories,
+    # each chosen under a grammar from the ``step2_candidates`` most frequent in the history the prompt
+    # shows (slim.lm.grounded_step2); a catalogue without categories keeps it free
+    step2: str = "free"
+    step2_k: int = 2
+    step2_candidates: int = 3
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_candidates < self.k or self.recent < 1:
             raise ValueError(f"grounding needs 1 <= k <= n_candidates and recent >= 1, got {self}")
         if self.pick not in PICKS:
             raise ValueError(f"grounding pick must be one of {PICKS}, got {self.pick!r}")
+        if self.step2 not in STEP2_MODES or self.step2_k < 1 or self.step2_candidates < self.step2_k:
+            raise ValueError(f"grounding step2 must be one of {STEP2_MODES} with 1 <= step2_k <= step2_candidates, "
+                             f"got {self.step2!r}, {self.step2_k}, {self.step2_candidates}")
 
     @classmethod
     def for_dataset(cls, name: str, **overrides) -> "GroundingConfig":
-        """The dataset's validated shortlist (SHORTLIST), spelled out so that every row records the
+        """The dataset's validated shortlist (SHORTLIST) and Step 2 (STEP2), spelled out so that every row records the
         numbers it was made with; ``overrides`` (None values ignored) win."""
         popularity, hubness = SHORTLIST.get(name, DEFAULT_SHORTLIST)
-        fields = {"popularity_weight": popularity, "hubness_weight": hubness,
+        fields = {"popularity_weight": popularity, "hubness_weight": hubness, "step2": STEP2.get(name, "free"),
                   **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**fields)
 
@@ -96,6 +105,12 @@ DEFAULT_POPULARITY_WEIGHT = 0.05
 # Games 0.05/0: 7.5%, 6.2%; 0.05/0.5: 9.8%, 2.7%. Scientific 0.05/0: 9.8%, 7.0%; 0.05/0.5: 11.0%, 5.5%.
 SHORTLIST = {"ml-100k": (0.1, 0.5), "amazon-video-games": (0.05, 0.5), "amazon-industrial-scientific": (0.05, 0.5)}
 DEFAULT_SHORTLIST = (0.05, 0.5)
+# Step 2 of new rows (slim.lm.grounded_step2), chosen on validation users only (`python bench/step3_pick.py
+# --dataset ml-100k --users 80 --runs grammar/validated,grammar/validated/categories,grammar/validated/categories3`,
+# student v4, 80 held-out users): the valid target's genre named in Step 2 5.0% free, 45.0% choosing 2 of
+# the history's 5 most frequent genres, 53.8% choosing 2 of 3; zero-shot NDCG@10 11.39, 11.21, 12.72. A
+# dataset not listed (Games has no category column) keeps the free Step 2.
+STEP2: dict[str, str] = {"ml-100k": "categories"}
 HUBNESS_QUERIES = 5000  # train-prefix histories the hubness term is estimated from (a seeded sample)
 
 
@@ -215,97 +230,6 @@ def match_candidate(text: str, titles: Sequence[str]) -> int | None:
     return starts[0] if starts else None
 
 
-_NUMBER_ONLY = re.compile(r"^#?(\d{1,3})[.):]?$")  # "7", "#7", "7."
-_HASH_NUMBER = re.compile(r"^#(\d{1,3})\b[.):]?\s*")  # "#7 Heat (1995)"
-_LIST_LEAD = re.compile(r"^(?:[-*•]\s*|\d{1,3}[.)]\s+)")  # the answer's own bullet or "1. "
-_EXPLANATION = re.compile(r"\s+[-–—]\s+")
-
-
-_QUOTED = re.compile(r'["“]([^"”\n]{2,150})["”]')
-_CONJUNCTION = re.compile(r"^(?:and|or)\s+", re.I)
-
-
-def snap_to_candidates(step3: str, titles: Sequence[str], k: int, cutoff: float = SNAP_CUTOFF) -> list[int]:
-    """Candidates an endpoint's free Step 3 named (by number or by title), in order, distinct, <= k.
-
-    A list line ("1. Heat", "- #7", "#7 Heat") is one pick: its title is matched first
-    (:func:`title_match`), since titles may start with numbers ("12 Monkeys") and the answer's own
-    numbering ("1. Heat") is not a pick; its number counts only when it stands alone ("7", "1. 7") or
-    is marked ``#7`` and the line names no candidate. A prose line names its quoted titles ('The 3
-    titles are "Heat", "Fargo" and "Sabrina"'), else is itself a title, else its comma-separated parts
-    are. A number outside the list, or a name that matches no candidate, snaps to nothing.
-    """
-    from slim.lm.prompts import step3_items
-
-    chosen: list[int] = []
-
-    def take(j: int | None) -> None:
-        if j is not None and j not in chosen and len(chosen) < k:
-            chosen.append(j)
-
-    for line in (line.strip() for line in re.split(r"\n|;", step3)):
-        bare = line.strip("*_ ")
-        if not bare:
-            continue
-        if _LIST_LEAD.match(bare) or bare.startswith("#") or _NUMBER_ONLY.match(bare):
-            text = _LIST_LEAD.sub("", bare, count=1).strip().strip('*_"“”').strip()
-            number, rest = None, text
-            if m := _NUMBER_ONLY.match(text):
-                number, rest = int(m.group(1)), ""
-            elif m := _HASH_NUMBER.match(text):
-                number, rest = int(m.group(1)), text[m.end():]
-            j = None
-            names = step3_items(rest) if rest else []  # drops headers ("Recommended:") and lead-ins
-            if names:
-                # the title with its year first (two candidates may differ by year only), then the bare name
-                j = title_match(_EXPLANATION.split(rest)[0].strip('*_"“”\' '), titles, cutoff)
-                j = title_match(names[0], titles, cutoff) if j is None else j
-            if j is None and number is not None and 1 <= number <= len(titles):
-                j = number - 1
-            take(j)
-        elif quoted := _QUOTED.findall(line):
-            for q in quoted:
-                take(title_match(q, titles, cutoff))
-        elif (j := title_match(bare, titles, cutoff)) is not None:
-            take(j)
-        elif "," in bare:
-            for part in (_CONJUNCTION.sub("", p.strip()).strip() for p in bare.split(",")):
-                m = _NUMBER_ONLY.match(part)
-                take(int(m.group(1)) - 1 if m and 1 <= int(m.group(1)) <= len(titles)
-                     else title_match(part.rstrip("."), titles, cutoff))
-        if len(chosen) == k:
-            break
-    return chosen
-
-
-def numbered_list(titles: Sequence[str]) -> str:
-    """The shortlist as the endpoint path shows it in the prompt."""
-    return "\n".join(f"{j}. {t}" for j, t in enumerate(titles, 1))
-
-
-def number_the_candidates(messages, titles: Sequence[str], k: int):
-    """The prompt with its candidates block (slim.lm.prompts.format_candidates) numbered, and Step 3 told
-    it may answer ``#<number> <title>``: the endpoint path, whose free answer is snapped to the list.
-
-    A copy; raises if the prompt shows no such block (the candidates must be the ones snapped to).
-    """
-    from slim.lm.prompts import format_candidates, sanitize_title
-
-    block = format_candidates(titles)
-    numbered = "<candidates>\n" + numbered_list([sanitize_title(t) for t in titles]) + "\n</candidates>"
-    out, found = [], False
-    for m in messages:
-        if not found and m["role"] == "user" and block in m["content"]:
-            content = m["content"].replace(block, numbered, 1).rstrip()
-            content += (f"\nThe candidates are numbered: in Step 3, write each of the {k} on its own line as "
-                        '"#<number> <title>".')
-            m, found = {**m, "content": content}, True
-        out.append(m)
-    if not found:
-        raise ValueError("the prompt has no candidates block to number")
-    return out
-
-
 STEP3_HEADER = "\nStep 3:\n"
 _STEP3_MARK = ("Step 3", "**Step 3", "### Step 3")
 
@@ -327,29 +251,39 @@ def with_step3(head: str, titles: Sequence[str]) -> str:
 
 
 def grounded_generation(reasoner, messages, candidates: Sequence[str], params, cfg: GroundingConfig,
-                        null_messages=None):
-    """Steps 1-2 free, then Step 3 = ``cfg.k`` distinct candidates: ``(Generation, picked candidate positions)``.
+                        null_messages=None, categories: Sequence[str] = (), step2_lead: str = ""):
+    """Step 1 free, Step 2 free or grounded, then Step 3 = ``cfg.k`` distinct candidates:
+    ``(Generation, picked candidate positions, Step-2 categories chosen)``.
 
     ``reasoner`` needs ``complete(messages, prefix, params, stop=, grammar=)`` (slim.lm.reasoners.
     LlamaCppReasoner), and ``score_continuations`` for the scored picks. ``cfg.pick == "grammar"``:
     each pick's grammar holds the candidates not picked yet, so the K items are distinct. Scored picks
     rank every candidate once after ``Step 3:\n1.``; ``"pmi"`` also scores them after ``null_messages``
     (the same prompt with an empty history). Either way the answer reads ``Step 3:\n1. <title>\n2. ...``.
+    ``cfg.step2 == "categories"`` with ``categories`` (slim.lm.grounded_step2.step2_candidates): the free
+    text stops before Step 2, which becomes ``step2_lead`` + the categories the grammar let it choose.
     """
     from slim.lm.reasoners import Generation, GenerationParams
 
-    head = reasoner.complete(messages, "", params, stop=list(_STEP3_MARK), reset=True)
+    step2 = cfg.step2 == "categories" and bool(categories)
+    stop = [*_STEP3_MARK, *(STEP2_MARK if step2 else ())]
+    head = reasoner.complete(messages, "", params, stop=stop, reset=True)
     if head.error:
-        return head, []
-    text = head.text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
+        return head, [], []
+    text, chosen = head.text, []
+    tokens, seconds = head.completion_tokens, head.seconds
+    if step2:
+        text, chosen, n, s = grounded_step2(reasoner, messages, text, step2_lead, categories, cfg.step2_k, params)
+        tokens, seconds = tokens + n, seconds + s
+    body = text
+    text = text.rstrip().rstrip("*#").rstrip() + STEP3_HEADER
     if cfg.pick != "grammar":
         t0 = time.perf_counter()
         picked = scored_picks(reasoner, messages, text, candidates, cfg, null_messages)
-        seconds = head.seconds + time.perf_counter() - t0
-        return Generation(with_step3(head.text, [candidates[j] for j in picked]), head.completion_tokens,
-                          head.prompt_tokens, seconds, head.model, "stop"), picked
+        seconds += time.perf_counter() - t0
+        return Generation(with_step3(body, [candidates[j] for j in picked]), tokens, head.prompt_tokens, seconds,
+                          head.model, "stop"), picked, chosen
     picked: list[int] = []
-    tokens, seconds = head.completion_tokens, head.seconds
     item_params = GenerationParams(**{**params.as_dict(), "max_tokens": cfg.item_max_tokens})
     for n in range(1, cfg.k + 1):
         left = [j for j in range(len(candidates)) if j not in picked]
@@ -365,7 +299,7 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
             break
         picked.append(left[j])
         text += candidates[left[j]] + "\n"
-    return Generation(text.rstrip(), tokens, head.prompt_tokens, seconds, head.model, "stop"), picked
+    return Generation(text.rstrip(), tokens, head.prompt_tokens, seconds, head.model, "stop"), picked, chosen
 
 
 def scored_picks(reasoner, messages, answer: str, candidates: Sequence[str], cfg: GroundingConfig,

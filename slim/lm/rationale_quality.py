@@ -38,18 +38,14 @@ from typing import Iterable
 
 import numpy as np
 
+from slim.data.categories import item_categories
 from slim.data.dataset import SequentialDataset
 from slim.lm.prompts import step3_items
 from slim.lm.rationale_file import read_rationales
 from slim.lm.titles import TitleMatcher
 
 def _genres(dataset: SequentialDataset, item: int) -> list[str]:
-    for col in ("genre", "category"):
-        if col in dataset.items.columns:
-            value = str(dataset.items.at[item, col] or "")
-            parts = value.split() if col == "genre" else [value]
-            return [p.lower() for p in parts if p and p.lower() != "unknown"]
-    return []
+    return [c.lower() for c in item_categories(dataset, item)]
 
 
 def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher: TitleMatcher | None = None) -> dict:

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from slim.data.dataset import SequentialDataset
 from slim.data.split import Split
-from slim.lm.prompts import Messages, parse_steps, prompt_hash
+from slim.lm.prompts import DEFAULT_MAX_HISTORY, Messages, parse_steps, prompt_hash
 from slim.lm.rationale_file import RationaleStore
 from slim.lm.reasoners import Generation, GenerationParams, Reasoner
 
@@ -100,15 +100,21 @@ def grounded_row(reasoner, ds, user: int, split: str, prompt, params: Generation
     The shortlist is computed from the history the prompt shows (never the target), shown in the
     prompt, and enforced by the grammar.
     """
+    from slim.lm.grounded_step2 import step2_candidates, step2_lead
     from slim.lm.grounding import grounded_generation
 
     shortlist, titles = grounding_shortlist(ds, user, split, cfg, index)
     messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
     null_messages = prompt([], candidates=titles, k=cfg.k) if cfg.pick == "pmi" else None
-    gen, picked = grounded_generation(reasoner, messages, titles, params, cfg, null_messages)
+    categories = step2_candidates(ds, ds.history(user, split), cfg.step2_candidates, DEFAULT_MAX_HISTORY) \
+        if cfg.step2 == "categories" else []
+    gen, picked, chosen = grounded_generation(reasoner, messages, titles, params, cfg, null_messages,
+                                              categories, step2_lead(ds))
     row = make_row(ds, user, split, messages, gen, params, role)
     row.update(step3_items=[int(shortlist[j]) for j in picked],
                step3_path="grammar" if cfg.pick == "grammar" else f"scored-{cfg.pick}", grounding=cfg.record())
+    if categories:
+        row.update(step2_categories=chosen, step2_path="grammar")
     return row
 
 
@@ -120,7 +126,7 @@ def grounding_shortlist(ds, user: int, split: str, cfg, index) -> tuple[list[int
 
 def numbered_list_prompt(ds, user: int, split: str, prompt, cfg, titles: Sequence[str]) -> Messages:
     """The endpoint path's prompt: the grounded prompt, its shortlist numbered (slim.lm.grounding)."""
-    from slim.lm.grounding import number_the_candidates
+    from slim.lm.numbered_list import number_the_candidates
 
     return number_the_candidates(prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k), titles, cfg.k)
 
@@ -131,7 +137,7 @@ def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Genera
     endpoints that take no grammar (OpenAI-compatible servers: vLLM, OpenAI, llama.cpp's server).
 
     ``step3_items``: the item ids of the candidates the answer named (by number or title, see
-    slim.lm.grounding.snap_to_candidates), in order, distinct, at most ``cfg.k``; none is in the history
+    slim.lm.numbered_list.snap_to_candidates), in order, distinct, at most ``cfg.k``; none is in the history
     (the shortlist excludes it) and none is invented: fewer than K snapped picks stay fewer
     (``step3_snapped`` counts them; ``cfg.k`` is how many were asked for).
 
@@ -142,7 +148,8 @@ def numbered_list_row(ds, user: int, split: str, messages: Messages, gen: Genera
     student a format its grammar-bound inference never produces. A Step 3 that snaps to no candidate
     makes the row ``rejected`` (its Step 3 names no catalogue item), not a row with a free Step 3.
     """
-    from slim.lm.grounding import snap_to_candidates, split_step3, with_step3
+    from slim.lm.grounding import split_step3, with_step3
+    from slim.lm.numbered_list import snap_to_candidates
 
     parts = None if gen.error else split_step3(gen.text)
     picked = snap_to_candidates(parts[1], titles, cfg.k) if parts else []
