@@ -7,7 +7,8 @@
 Both run in-process on llama.cpp with the same thread count, greedy, on the validation histories
 (train prefixes) of the first N users of the dataset. ``--step3 grammar`` times what
 ``teach``/``reason --step3 grammar --domain dataset`` run: the domain-aware prompt with the
-candidate shortlist, Steps 1-2 free, then K grammar-bound catalogue picks (slim.lm.grounding);
+candidate shortlist, Step 1 free, Step 2 as the dataset's GroundingConfig says (ML-100K: two
+grammar-bound genres), then K grammar-bound catalogue picks (slim.lm.grounding);
 ``--step3 free`` the plain prompts with a free Step 3. ``--merged`` adds the student with its LoRA
 merged into the weights and re-quantised (one GGUF, no adapter matmuls), on the same prompts.
 Prompt and answer lengths are printed, since the prompt is a large share of the time.
@@ -34,7 +35,8 @@ from slim.lm.weights import student_gguf_path, teacher_gguf_path
 def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
     """Mean seconds, tokens per second and mean prompt / completion tokens over ``prompts``.
 
-    ``grounded``: (candidate titles per prompt, GroundingConfig) to time the grammar-bound Step 3."""
+    ``grounded``: (candidate titles per prompt, GroundingConfig, Step-2 categories per prompt, Step-2
+    lead) to time the grammar-bound Steps 2-3 (slim.lm.grounding.grounded_generation)."""
     from slim.lm.grounding import grounded_generation
 
     reasoner.generate(prompts[:1], GenerationParams(max_tokens=4))  # warm-up: weights paged in
@@ -42,8 +44,9 @@ def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
     if grounded is None:
         gens = reasoner.generate(prompts, params)
     else:
-        shortlists, cfg = grounded
-        gens = [grounded_generation(reasoner, m, titles, params, cfg)[0] for m, titles in zip(prompts, shortlists)]
+        shortlists, cfg, categories, lead = grounded
+        gens = [grounded_generation(reasoner, m, titles, params, cfg, categories=cats, step2_lead=lead)[0]
+                for m, titles, cats in zip(prompts, shortlists, categories)]
     dt = time.perf_counter() - t0
     n = len(prompts)
     return {"s": dt / n, "tps": sum(g.completion_tokens for g in gens) / dt,
@@ -72,12 +75,15 @@ def main() -> None:
     grounded = None
     if args.step3 == "grammar":
         from slim.lm.encoders import TextEncoder, item_text_matrix
+        from slim.lm.grounded_step2 import step2_candidates, step2_lead
         from slim.lm.grounding import CandidateIndex, GroundingConfig
 
         cfg = GroundingConfig.for_dataset(ds.name)
         index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
         shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
-        grounded = (shortlists, cfg)
+        categories = [step2_candidates(ds, h, cfg.step2_candidates, args.max_history) if cfg.step2 == "categories"
+                      else [] for h in histories]
+        grounded = (shortlists, cfg, categories, step2_lead(ds))
         student_prompts = [student_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
         teacher_prompts = [teacher_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
     else:

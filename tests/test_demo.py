@@ -333,7 +333,8 @@ def test_picker_leaves_out_a_dataset_without_raw_files_and_says_why(data_dir, tm
 
 class ScriptedGroundedTeacher:
     """Stands in for the in-process llama.cpp teacher: it has ``complete(..., grammar=)``; a grammar-bound
-    call answers the grammar's first title (as a grammar forces a real model into one of them)."""
+    call answers the grammar's first title (as a grammar forces a real model into one of them), and a
+    free call ends where its first stop string would (as llama.cpp's stop does)."""
 
     model_name = "scripted-grounded-teacher"
 
@@ -347,7 +348,9 @@ class ScriptedGroundedTeacher:
 
         self.messages.append(messages)
         if grammar is None:
-            return Generation("Step 1: likes 90s films.\nStep 2: Drama, Comedy.\n", 12, 300, 0.01, self.model_name)
+            text = "Step 1: likes 90s films.\nStep 2: Drama, Comedy.\n"
+            cut = min([text.find(s) for s in stop if s in text] or [len(text)])
+            return Generation(text[:cut], 12, 300, 0.01, self.model_name)
         self.grammars.append(grammar)
         first = _json.loads(grammar.split("::=", 1)[1].split(" | ")[0].strip())
         return Generation(first, 5, 300, 0.01, self.model_name)
@@ -366,7 +369,7 @@ def test_live_local_teacher_speaks_the_domain_and_grounds_step3_in_the_catalogue
     last = list(svc.run(req, min_interval=0))[-1]
     prompt = teacher.messages[0][-1]["content"]
     assert "A user watched the movies" in prompt and "<candidates>" in prompt  # domain-aware, shortlist shown
-    assert len(teacher.grammars) == 3 and last.teacher.status == "done"
+    assert len(teacher.grammars) == 2 + 3 and last.teacher.status == "done"  # 2 Step-2 genres, 3 Step-3 items
     ds = svc.dataset("ml-100k")
     assert len(last.teacher.step3_items) == 3 and not set(last.teacher.step3_items) & set(req.item_idx)
     shown_items = last.teacher.markdown().split("#### Step 3", 1)[1].strip().splitlines()
@@ -390,8 +393,17 @@ def test_the_students_step3_is_grounded_when_its_engine_takes_a_grammar(service)
     svc._teacher_checked = True  # no teacher: the student alone
     req = svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars", "Babe"])
     last = list(svc.run(req, min_interval=0))[-1]
-    assert len(student.grammars) == 3 and last.student.status == "done"
+    # ML-100K grounds Step 2 too (GroundingConfig.for_dataset): 2 genre grammars, then 3 item grammars
+    assert len(student.grammars) == 5 and last.student.status == "done"
     assert len(set(last.student.step3_items)) == 3 and not set(last.student.step3_items) & set(req.item_idx)
+    from slim.data.categories import item_categories
+    from slim.lm.prompts import parse_steps
+
+    step2 = parse_steps(last.student.text).steps[1]
+    assert step2.startswith("Genres to look for next: ")
+    named = step2.removeprefix("Genres to look for next: ").rstrip(".").split(", ")
+    ds = svc.dataset("ml-100k")
+    assert len(named) == 2 and set(named) <= {c for i in req.item_idx for c in item_categories(ds, i)}
     assert "<candidates>" not in student.messages[0][-1]["content"]
     assert last.ranked  # the grounded rationale ranks the catalogue
 
