@@ -190,8 +190,8 @@ def test_the_hubness_correction_offers_the_hub_items_to_fewer_users(ml100k):
 
 
 def test_new_rows_record_the_validated_shortlist_and_old_rows_keep_theirs(ml100k):
-    """A row without the hubness fields (written before they existed) rebuilds the shortlist it was
-    made with: its prompt hashes to the row's own prompt_hash."""
+    """A row without the hubness or Step-2 fields (written before they existed) rebuilds the shortlist
+    it was made with: its prompt hashes to the row's own prompt_hash."""
     import json
     from pathlib import Path
 
@@ -204,11 +204,14 @@ def test_new_rows_record_the_validated_shortlist_and_old_rows_keep_theirs(ml100k
     assert GroundingConfig.for_dataset("ml-100k", hubness_weight=0.0, k=None).hubness_weight == 0.0
     shipped = Path(__file__).resolve().parents[1] / "assets" / "rationales" / "ml-100k"
     vectors = item_text_matrix(ml100k, TextEncoder())
-    for name, popularity, hubness_weight in (("student-v4-legacy.jsonl", None, 0.0), ("student.jsonl", 0.1, 0.5)):
+    for name, popularity, hubness_weight, step2 in (("student-v4-legacy.jsonl", None, 0.0, "free"),
+                                                    ("student-v4-free-step2.jsonl", 0.1, 0.5, "free"),
+                                                    ("student.jsonl", 0.1, 0.5, "categories")):
         with (shipped / name).open() as f:
             row = json.loads(next(f))
         conf = GroundingConfig(**{k: v for k, v in row["grounding"].items() if k != "candidates"})
-        assert (conf.popularity_weight, conf.hubness_weight) == (popularity, hubness_weight), name
+        assert (conf.popularity_weight, conf.hubness_weight, conf.step2) == (popularity, hubness_weight, step2), name
+        assert ("step2_categories" in row) == (step2 == "categories"), name
         index = CandidateIndex.for_config(ml100k, vectors, conf)
         user = ml100k.user_index[str(row["user_id"])]
         _, titles = grounding_shortlist(ml100k, user, row["split"], conf, index)
