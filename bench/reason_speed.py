@@ -35,8 +35,8 @@ from slim.lm.weights import student_gguf_path, teacher_gguf_path
 def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
     """Mean seconds, tokens per second and mean prompt / completion tokens over ``prompts``.
 
-    ``grounded``: (candidate titles per prompt, GroundingConfig, Step-2 categories per prompt, Step-2
-    lead) to time the grammar-bound Steps 2-3 (slim.lm.grounding.grounded_generation)."""
+    ``grounded``: (candidate titles per prompt, GroundingConfig, (Step-2 categories, lead) per prompt)
+    to time the grammar-bound Steps 2-3 (slim.lm.grounding.grounded_generation)."""
     from slim.lm.grounding import grounded_generation
 
     reasoner.generate(prompts[:1], GenerationParams(max_tokens=4))  # warm-up: weights paged in
@@ -44,9 +44,9 @@ def time_reasoner(reasoner, prompts, params, grounded=None) -> dict:
     if grounded is None:
         gens = reasoner.generate(prompts, params)
     else:
-        shortlists, cfg, categories, lead = grounded
+        shortlists, cfg, step2 = grounded
         gens = [grounded_generation(reasoner, m, titles, params, cfg, categories=cats, step2_lead=lead)[0]
-                for m, titles, cats in zip(prompts, shortlists, categories)]
+                for m, titles, (cats, lead) in zip(prompts, shortlists, step2)]
     dt = time.perf_counter() - t0
     n = len(prompts)
     return {"s": dt / n, "tps": sum(g.completion_tokens for g in gens) / dt,
@@ -75,15 +75,13 @@ def main() -> None:
     grounded = None
     if args.step3 == "grammar":
         from slim.lm.encoders import TextEncoder, item_text_matrix
-        from slim.lm.grounded_step2 import step2_candidates, step2_lead
+        from slim.lm.grounded_step2 import step2_choices
         from slim.lm.grounding import CandidateIndex, GroundingConfig
 
         cfg = GroundingConfig.for_dataset(ds.name)
         index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
         shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
-        categories = [step2_candidates(ds, h, cfg.step2_candidates, args.max_history) if cfg.step2 == "categories"
-                      else [] for h in histories]
-        grounded = (shortlists, cfg, categories, step2_lead(ds))
+        grounded = (shortlists, cfg, [step2_choices(ds, h[-args.max_history:], cfg) for h in histories])
         student_prompts = [student_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
         teacher_prompts = [teacher_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
     else:

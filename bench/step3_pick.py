@@ -2,9 +2,10 @@
 
 The student writes Step 1 freely, Step 2 freely or grounded (slim.lm.grounded_step2); its K Step-3
 items come from the same 20-item shortlist (slim.lm.grounding) by one of three picks
-(GroundingConfig.pick): greedy decoding under a grammar, the K titles of highest likelihood, or likelihood minus the likelihood after an empty history
-(PMI). Users are a seeded sample of those no shipped student was distilled on; only their
-validation split is generated and measured, so choosing the default here is model selection.
+(GroundingConfig.pick): greedy decoding under a grammar, the K titles of highest likelihood, or
+likelihood minus the likelihood after an empty history (PMI). Users are a seeded sample of those no
+shipped student was distilled on; only their validation split is generated and measured, so choosing
+the default here is model selection.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python bench/step3_pick.py --dataset ml-100k --users 80 \
         --runs likelihood/legacy,pmi/legacy,grammar/validated,pmi/validated

@@ -164,9 +164,10 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
     from slim.lm.encoders import TextEncoder, item_text_matrix
     from slim.lm.grounding import CandidateIndex, GroundingConfig
 
-    if getattr(args, "step2", None) == "categories":
+    if args.step2 == "categories":
         raise SystemExit(f"{verb}: --step2 categories needs a grammar, which an endpoint does not take; use the "
-                         "in-process llama.cpp model (teach without --server/--base-url, reason --engine llama.cpp) or --step2 free")
+                         "in-process llama.cpp model (teach without --server/--base-url, reason --engine "
+                         "llama.cpp) or --step2 free")
     cfg = GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
                                      popularity_weight=args.popularity_weight,
                                      hubness_weight=args.hubness_weight, step2="free")

@@ -164,14 +164,9 @@ class ModelsMixin:
         cfg = GroundingConfig.for_dataset(req.dataset)
         index = self.candidate_index(req.dataset)
         shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent)
-        categories, lead = [], ""
-        if cfg.step2 == "categories":
-            from slim.lm.grounded_step2 import step2_candidates, step2_lead
-            from slim.lm.prompts import DEFAULT_MAX_HISTORY
+        from slim.lm.grounded_step2 import step2_choices
 
-            ds = self.dataset(req.dataset)
-            categories = step2_candidates(ds, req.item_idx, cfg.step2_candidates, DEFAULT_MAX_HISTORY)
-            lead = step2_lead(ds)
+        categories, lead = step2_choices(self.dataset(req.dataset), req.item_idx, cfg)
         return Grounding(shortlist, [index.display[i] for i in shortlist], cfg, categories, lead)
 
     def warm_up(self, name: str = DEFAULT_DATASET) -> None:

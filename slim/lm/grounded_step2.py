@@ -14,20 +14,26 @@ from __future__ import annotations
 from typing import Sequence
 
 from slim.data.categories import category_column, history_categories
+from slim.lm.prompts import DEFAULT_MAX_HISTORY
 
 STEP2_MODES = ("free", "categories")
 _KINDS = {"genre": "Genres", "category": "Categories"}
 STEP2_MARK = ("Step 2", "**Step 2", "### Step 2")
 
 
-def step2_candidates(dataset, history: Sequence[int], n: int, shown: int) -> list[str]:
-    """The categories Step 2 may name: the ``n`` most frequent among the last ``shown`` history items
-    (the items the prompt shows), never the target's unless the history has it too."""
-    return history_categories(dataset, list(history)[-shown:], n)
+def step2_choices(dataset, history: Sequence[int], cfg) -> tuple[list[str], str]:
+    """``(categories, lead)`` a grounded Step 2 chooses from for this history, or ``([], "")`` when
+    ``cfg.step2`` is free or the catalogue has no categories: the ``cfg.step2_candidates`` most frequent
+    among the items the prompt shows (the last DEFAULT_MAX_HISTORY), which never include the target's
+    unless the history has them too."""
+    if cfg.step2 != "categories":
+        return [], ""
+    categories = history_categories(dataset, list(history)[-DEFAULT_MAX_HISTORY:], cfg.step2_candidates)
+    return categories, (step2_lead(dataset) if categories else "")
 
 
 def step2_lead(dataset) -> str:
-    """``"\\nStep 2: Genres to look for next: "``: the fixed words before the chosen categories."""
+    """``"\nStep 2: Genres to look for next: "``: the fixed words before the chosen categories."""
     return f"\nStep 2: {_KINDS.get(category_column(dataset) or '', 'Categories')} to look for next: "
 
 
@@ -35,20 +41,15 @@ def grounded_step2(reasoner, messages, head: str, lead: str, categories: Sequenc
     """Append Step 2 to ``head`` (Step 1): ``lead`` + up to ``k`` distinct ``categories`` + ``"."``.
 
     Returns ``(text, chosen, completion tokens, seconds)``; each category is one grammar-bound
-    completion after the text so far (slim.lm.grounding.title_grammar, so a category is data, not syntax).
+    completion after the text so far (slim.lm.grounding.choose_under_grammar, the loop Step 3 uses).
     """
-    from slim.lm.grounding import match_candidate, title_grammar
+    from slim.lm.grounding import choose_under_grammar
 
     text = head.rstrip().rstrip("*#").rstrip() + lead
-    chosen: list[str] = []
-    tokens, seconds = 0, 0.0
-    for _ in range(min(k, len(categories))):
-        left = [c for c in categories if c not in chosen]
-        gen = reasoner.complete(messages, text + ", ".join(chosen) + (", " if chosen else ""), params,
-                                stop=["\n"], grammar=title_grammar(left))
-        tokens, seconds = tokens + gen.completion_tokens, seconds + gen.seconds
-        j = match_candidate(gen.text, left)
-        if j is None:
-            break
-        chosen.append(left[j])
-    return text + ", ".join(chosen) + ".", chosen, tokens, seconds
+
+    def written(picked: list[int]) -> str:
+        return ", ".join(categories[j] for j in picked)
+
+    picked, tokens, seconds = choose_under_grammar(
+        reasoner, messages, categories, k, params, lambda picked: text + written(picked) + (", " if picked else ""))
+    return text + written(picked) + ".", [categories[j] for j in picked], tokens, seconds

@@ -261,19 +261,18 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
     each pick's grammar holds the candidates not picked yet, so the K items are distinct. Scored picks
     rank every candidate once after ``Step 3:\n1.``; ``"pmi"`` also scores them after ``null_messages``
     (the same prompt with an empty history). Either way the answer reads ``Step 3:\n1. <title>\n2. ...``.
-    ``cfg.step2 == "categories"`` with ``categories`` (slim.lm.grounded_step2.step2_candidates): the free
-    text stops before Step 2, which becomes ``step2_lead`` + the categories the grammar let it choose.
+    ``categories`` and ``step2_lead`` (slim.lm.grounded_step2.step2_choices; empty when Step 2 is free):
+    the free text stops before Step 2, which becomes ``step2_lead`` + the categories the grammar let it choose.
     """
     from slim.lm.reasoners import Generation, GenerationParams
 
-    step2 = cfg.step2 == "categories" and bool(categories)
-    stop = [*_STEP3_MARK, *(STEP2_MARK if step2 else ())]
+    stop = [*_STEP3_MARK, *(STEP2_MARK if categories else ())]
     head = reasoner.complete(messages, "", params, stop=stop, reset=True)
     if head.error:
         return head, [], []
     text, chosen = head.text, []
     tokens, seconds = head.completion_tokens, head.seconds
-    if step2:
+    if categories:
         text, chosen, n, s = grounded_step2(reasoner, messages, text, step2_lead, categories, cfg.step2_k, params)
         tokens, seconds = tokens + n, seconds + s
     body = text
@@ -284,23 +283,35 @@ def grounded_generation(reasoner, messages, candidates: Sequence[str], params, c
         seconds += time.perf_counter() - t0
         return Generation(with_step3(body, [candidates[j] for j in picked]), tokens, head.prompt_tokens, seconds,
                           head.model, "stop"), picked, chosen
-    picked: list[int] = []
     item_params = GenerationParams(**{**params.as_dict(), "max_tokens": cfg.item_max_tokens})
-    for n in range(1, cfg.k + 1):
-        left = [j for j in range(len(candidates)) if j not in picked]
-        if not left:
-            break
-        text += f"{n}. "
-        gen = reasoner.complete(messages, text, item_params, stop=["\n"],
-                                grammar=title_grammar([candidates[j] for j in left]))
+
+    def written(picked: list[int]) -> str:
+        return "".join(f"{n}. {candidates[j]}\n" for n, j in enumerate(picked, 1))
+
+    picked, n, s = choose_under_grammar(reasoner, messages, candidates, cfg.k, item_params,
+                                        lambda picked: text + written(picked) + f"{len(picked) + 1}. ")
+    text = (text + written(picked)).rstrip()
+    return Generation(text, tokens + n, head.prompt_tokens, seconds + s, head.model, "stop"), picked, chosen
+
+
+def choose_under_grammar(reasoner, messages, options: Sequence[str], k: int, params, prefix_of):
+    """Up to ``k`` distinct positions of ``options``, one grammar-bound completion each: the completion
+    after ``prefix_of(positions chosen so far)`` must be one of the options not chosen yet (a grammar
+    rebuilt per call). Returns ``(positions, completion tokens, seconds)``; stops early only when a
+    completion matches nothing (a budget that cut the option to nothing). Step 3's items and a grounded
+    Step 2's categories are both chosen this way."""
+    picked: list[int] = []
+    tokens, seconds = 0, 0.0
+    for _ in range(min(k, len(options))):
+        left = [j for j in range(len(options)) if j not in picked]
+        gen = reasoner.complete(messages, prefix_of(picked), params, stop=["\n"],
+                                grammar=title_grammar([options[j] for j in left]))
         tokens, seconds = tokens + gen.completion_tokens, seconds + gen.seconds
-        j = match_candidate(gen.text, [candidates[j] for j in left])
-        if j is None:  # the grammar makes this unreachable unless the budget cut a title to nothing
-            text = text[: -len(f"{n}. ")]
+        j = match_candidate(gen.text, [options[j] for j in left])
+        if j is None:
             break
         picked.append(left[j])
-        text += candidates[left[j]] + "\n"
-    return Generation(text.rstrip(), tokens, head.prompt_tokens, seconds, head.model, "stop"), picked, chosen
+    return picked, tokens, seconds
 
 
 def scored_picks(reasoner, messages, answer: str, candidates: Sequence[str], cfg: GroundingConfig,

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from slim.data.dataset import SequentialDataset
 from slim.data.split import Split
-from slim.lm.prompts import DEFAULT_MAX_HISTORY, Messages, parse_steps, prompt_hash
+from slim.lm.prompts import Messages, parse_steps, prompt_hash
 from slim.lm.rationale_file import RationaleStore
 from slim.lm.reasoners import Generation, GenerationParams, Reasoner
 
@@ -100,16 +100,14 @@ def grounded_row(reasoner, ds, user: int, split: str, prompt, params: Generation
     The shortlist is computed from the history the prompt shows (never the target), shown in the
     prompt, and enforced by the grammar.
     """
-    from slim.lm.grounded_step2 import step2_candidates, step2_lead
+    from slim.lm.grounded_step2 import step2_choices
     from slim.lm.grounding import grounded_generation
 
     shortlist, titles = grounding_shortlist(ds, user, split, cfg, index)
     messages = prompt_for(ds, user, split, prompt, candidates=titles, k=cfg.k)
     null_messages = prompt([], candidates=titles, k=cfg.k) if cfg.pick == "pmi" else None
-    categories = step2_candidates(ds, ds.history(user, split), cfg.step2_candidates, DEFAULT_MAX_HISTORY) \
-        if cfg.step2 == "categories" else []
-    gen, picked, chosen = grounded_generation(reasoner, messages, titles, params, cfg, null_messages,
-                                              categories, step2_lead(ds))
+    categories, lead = step2_choices(ds, ds.history(user, split), cfg)
+    gen, picked, chosen = grounded_generation(reasoner, messages, titles, params, cfg, null_messages, categories, lead)
     row = make_row(ds, user, split, messages, gen, params, role)
     row.update(step3_items=[int(shortlist[j]) for j in picked],
                step3_path="grammar" if cfg.pick == "grammar" else f"scored-{cfg.pick}", grounding=cfg.record())
