@@ -68,6 +68,9 @@ SUPERSEDED = {
                                     "training); replaced by the rows over the corrected shortlist"),
     "ml-100k-v4-free-step2": ("ml-100k", "student v4's rows over the corrected shortlist with a free Step 2; "
                               "replaced by the same rows with Step 2 grounded in the history's genres"),
+    "amazon-video-games-u500-v4-legacy-shortlist": ("amazon-video-games-u500", "the 500-user sample with student "
+                                                    "v4's rows over the shortlist before its hubness correction; "
+                                                    "replaced by the rows over the corrected shortlist"),
     "amazon-industrial-scientific-allusers": ("amazon-industrial-scientific", "all users, SASRec and GRU4Rec, "
                                               "id / text only, 1-2 seeds; replaced by the 600-user sample "
                                               "that has student rationales"),
