@@ -10,11 +10,11 @@ the default here is model selection.
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python bench/step3_pick.py --dataset ml-100k --users 80 \
         --runs likelihood/legacy,pmi/legacy,grammar/validated,pmi/validated
 
-A run is ``<pick>/<shortlist>[/<step2>]``: ``legacy`` is the shortlist of the older rows (the
+A run is ``<pick>/<shortlist>[/<step2>][/n<N>]``: ``legacy`` is the shortlist of the older rows (the
 dataset's POPULARITY_WEIGHT, no hubness correction), ``validated`` the dataset's SHORTLIST,
 ``p0.1h1.0`` explicit weights (popularity 0.1, hubness 1.0); ``/categories`` grounds Step 2 too
 (slim.lm.grounded_step2), ``/categories3`` from the history's 3 most frequent categories, default
-``free``. Each run's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<run>.jsonl``
+``free``; ``/n10`` a shortlist of 10 items (prompt and grammar), default the dataset's GroundingConfig. Each run's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<run>.jsonl``
 (resumable: a rerun generates only the missing rows), written by ``python -m slim_train reason``;
 the table is slim.lm.rationale_quality's measures on exactly those rows, beside the shipped
 student's rows for the same users (``shipped``: the rows ``--shipped`` names), and the genre hit
@@ -71,15 +71,19 @@ def main() -> None:
     ids.write_text("".join(json.dumps({"user_id": str(u)}) + "\n" for u in users))
     files = {"shipped": shipped}
     for run in args.runs.split(","):
-        pick, shortlist, *step2 = run.split("/")
+        pick, shortlist, *rest = run.split("/")
         popularity, hub = _shortlist_weights(shortlist, ds.name)
+        sizes = [part[1:] for part in rest if re.fullmatch(r"n\d+", part)]
+        step2 = [part for part in rest if not re.fullmatch(r"n\d+", part)]
         step2, n_categories = re.fullmatch(r"(free|categories)(\d*)", step2[0] if step2 else "free").groups()
-        name = f"pick-{pick}-{shortlist}" + ("" if step2 == "free" else f"-step2-{step2}{n_categories}")
+        name = (f"pick-{pick}-{shortlist}" + ("" if step2 == "free" else f"-step2-{step2}{n_categories}")
+                + (f"-n{sizes[0]}" if sizes else ""))
         subprocess.run([sys.executable, "-m", "slim_train", "reason", "--dataset", args.dataset, "--user-ids", f"@{ids}",
                         "--splits", "valid", "--max-tokens", "160", "--model", args.model, "--adapter", "none",
                         "--step3", "grammar", "--step3-pick", pick, "--popularity-weight", str(popularity),
                         "--hubness-weight", str(hub), "--step2", step2,
-                        *(["--step2-candidates", n_categories] if n_categories else []), "--domain", "dataset",
+                        *(["--step2-candidates", n_categories] if n_categories else []),
+                        *(["--candidates", sizes[0]] if sizes else []), "--domain", "dataset",
                         "--workers", str(args.workers),
                         "--out", str(out), "--name", name], check=True, cwd=REPO_ROOT)
         files[run] = out / "rationales" / f"{name}.jsonl"
