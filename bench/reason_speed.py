@@ -57,7 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--users", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1, help="1 was faster than 2 on the 2-vCPU box")
+    ap.add_argument("--threads", type=int, default=1, help="generation threads (1 was faster than 2 on the 2-vCPU box)")
+    ap.add_argument("--threads-batch", type=int, default=None,
+                    help="prompt threads (one batched, compute-bound pass; default --threads); the Space uses every core")
+    ap.add_argument("--candidates", type=int, default=None, help="shortlist size (default: the dataset's GroundingConfig)")
     ap.add_argument("--adapter", default=None, help="student LoRA as GGUF")
     ap.add_argument("--merged", default=None, help="student GGUF with the LoRA merged in (slim_train merge)")
     ap.add_argument("--step3", choices=("grammar", "free"), default="grammar")
@@ -78,7 +81,7 @@ def main() -> None:
         from slim.lm.grounded_step2 import step2_choices
         from slim.lm.grounding import CandidateIndex, GroundingConfig
 
-        cfg = GroundingConfig.for_dataset(ds.name)
+        cfg = GroundingConfig.for_dataset(ds.name, n_candidates=args.candidates)
         index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
         shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
         grounded = (shortlists, cfg, [step2_choices(ds, h[-args.max_history:], cfg) for h in histories])
@@ -89,23 +92,26 @@ def main() -> None:
         teacher_prompts = [teacher_messages(t, args.max_history, domain) for t in titles]
 
     results = {}
-    student = LlamaCppReasoner(student_gguf_path(), args.adapter, n_threads=args.threads)
+    student = LlamaCppReasoner(student_gguf_path(), args.adapter, n_threads=args.threads,
+                               n_threads_batch=args.threads_batch)
     results["student"] = time_reasoner(student, student_prompts, GenerationParams(max_tokens=args.student_max_tokens),
                                        grounded)
     del student
     if args.merged:
-        merged = LlamaCppReasoner(args.merged, n_threads=args.threads)
+        merged = LlamaCppReasoner(args.merged, n_threads=args.threads, n_threads_batch=args.threads_batch)
         results["merged"] = time_reasoner(merged, student_prompts, GenerationParams(max_tokens=args.student_max_tokens),
                                           grounded)
         del merged
     if not args.no_teacher:
-        teacher = LlamaCppReasoner(teacher_gguf_path(), n_threads=args.threads, n_ctx=4096)
+        teacher = LlamaCppReasoner(teacher_gguf_path(), n_threads=args.threads, n_ctx=4096,
+                                   n_threads_batch=args.threads_batch)
         results["teacher"] = time_reasoner(teacher, teacher_prompts,
                                            GenerationParams(max_tokens=args.teacher_max_tokens), grounded)
         del teacher
 
     print(f"{ds.name}, {args.users} users (valid histories, {args.max_history} titles shown), Step 3 {args.step3}, "
-          f"llama.cpp {args.threads} thread(s), greedy")
+          f"llama.cpp {args.threads} thread(s), {args.threads_batch or args.threads} for the prompt, "
+          f"{cfg.n_candidates if grounded else 0} candidates, greedy")
     names = {"teacher": "teacher Qwen2.5-Coder-1.5B Q4_K_M",
              "student": f"student SmolLM2-135M Q4_1{' + LoRA' if args.adapter else ''}",
              "merged": f"student merged {Path(args.merged).name if args.merged else ''}"}
