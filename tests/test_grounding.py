@@ -53,6 +53,52 @@ def test_grammar_bound_completion_writes_exactly_one_of_the_titles(student):
     assert gen.text in EVIL_TITLES
 
 
+SHARED_PREFIXES = ["Heat", "Heathers", "Heat and Dust", "Amélie", "Am I Blue", "The Heat", "Ça ira"]
+
+
+@pytest.mark.parametrize("history, prefix, options", [
+    (["Heat"], "Step 3:\n1. ", EVIL_TITLES),
+    (["Toy Story", "Heat"], "Step 3:\n1. ", SHARED_PREFIXES),
+    (["Amélie"], "Step 2: Genres to look for next: ", ["Drama", "Comedy", "Romance"]),
+    (["Heat"], "Step 3:\n1. Heat\n2. ", SHARED_PREFIXES[1:]),
+    (["Heat"], "Step 3:\n1. ", ["Fargo"]),
+])
+def test_masked_choice_writes_what_the_grammar_writes(student, history, prefix, options):
+    """LlamaCppReasoner.choose (logits masked in Python, forced tokens batched) = llama.cpp's grammar sampler."""
+    from slim.lm.reasoners import GenerationParams
+
+    messages, params = student_messages(history), GenerationParams(max_tokens=40)
+    grammar = student.complete(messages, prefix, params, stop=["\n"], grammar=title_grammar(options), reset=True)
+    position, gen = student.choose(messages, prefix, options, params)
+    assert gen.text == grammar.text and gen.text in options and position == options.index(gen.text)
+    assert gen.completion_tokens >= 1 and gen.prompt_tokens == grammar.prompt_tokens
+
+
+def test_masked_choice_reuses_the_cache_and_leaves_it_consistent(student):
+    """After a choice whose forced tokens were never evaluated, the next call (choice or free text) reads as
+    from a fresh context: the cache holds only evaluated tokens."""
+    from slim.lm.reasoners import GenerationParams
+
+    params, messages = GenerationParams(max_tokens=40), student_messages(["Heat", "Fargo"])
+    first, _ = student.choose(messages, "Step 3:\n1. ", SHARED_PREFIXES, params)
+    chained = "Step 3:\n1. " + SHARED_PREFIXES[first] + "\n2. "
+    left = [t for j, t in enumerate(SHARED_PREFIXES) if j != first]
+    warm = student.choose(messages, chained, left, params)[1].text
+    free_warm = student.complete(messages, chained, GenerationParams(max_tokens=8)).text
+    student.complete(student_messages(["Something else entirely"]), "", GenerationParams(max_tokens=2), reset=True)
+    cold = student.choose(messages, chained, left, params)[1].text
+    free_cold = student.complete(messages, chained, GenerationParams(max_tokens=8), reset=True).text
+    assert warm == cold and free_warm == free_cold
+
+
+def test_sampling_choices_go_through_the_grammar(student):
+    from slim.lm.reasoners import GenerationParams
+
+    position, gen = student.choose(student_messages(["Heat"]), "Step 3:\n1. ", SHARED_PREFIXES,
+                                   GenerationParams(max_tokens=40, temperature=0.8, seed=3))
+    assert gen.text in SHARED_PREFIXES and position == SHARED_PREFIXES.index(gen.text)
+
+
 def test_candidates_exclude_the_history_and_are_ranked_by_similarity():
     titles = ["", "a", "b", "c", "d"]
     vecs = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [0.8, 0.2]], dtype=np.float32)

@@ -33,6 +33,13 @@ class _StreamedSteps:
             self.on_answer(prefix + gen.text)
         return gen
 
+    def choose(self, messages, prefix: str, options, params=None):
+        from slim.lm.grounding import choose_one
+
+        position, gen = choose_one(self.reasoner, messages, prefix, options, params)
+        self.on_answer(prefix + gen.text)
+        return position, gen
+
 
 def _stream_head(reasoner, messages, params, stop, on_delta):
     """``LlamaCppReasoner.complete(messages, "", params, stop=stop, reset=True)``, streamed: the same

@@ -173,7 +173,9 @@ class ModelsMixin:
         """Load everything a first request needs, so the first visitor does not pay for it."""
         self.catalogue(name)
         self.item_text(name)
-        self.student(name)
+        student = self.student(name)
+        if hasattr(student, "warm_up"):  # the in-process llama.cpp student: its vocabulary view for the choices
+            student.warm_up()
         if grounds(self.teacher()):
             self.candidate_index(name)
         self.warm_up_rankers(name)

@@ -304,14 +304,23 @@ def choose_under_grammar(reasoner, messages, options: Sequence[str], k: int, par
     tokens, seconds = 0, 0.0
     for _ in range(min(k, len(options))):
         left = [j for j in range(len(options)) if j not in picked]
-        gen = reasoner.complete(messages, prefix_of(picked), params, stop=["\n"],
-                                grammar=title_grammar([options[j] for j in left]))
+        j, gen = choose_one(reasoner, messages, prefix_of(picked), [options[j] for j in left], params)
         tokens, seconds = tokens + gen.completion_tokens, seconds + gen.seconds
-        j = match_candidate(gen.text, [options[j] for j in left])
         if j is None:
             break
         picked.append(left[j])
     return picked, tokens, seconds
+
+
+def choose_one(reasoner, messages, prefix: str, options: Sequence[str], params):
+    """``(position in options or None, Generation)``: the completion after ``prefix`` bound to one of ``options``.
+
+    A reasoner with ``choose`` (slim.lm.llama_reasoner.LlamaCppReasoner: the same greedy choice by masked
+    logits, faster) decides itself; any other reasoner with ``complete(..., grammar=)`` gets the GBNF grammar."""
+    if hasattr(reasoner, "choose"):
+        return reasoner.choose(messages, prefix, options, params)
+    gen = reasoner.complete(messages, prefix, params, stop=["\n"], grammar=title_grammar(options))
+    return match_candidate(gen.text, options), gen
 
 
 def scored_picks(reasoner, messages, answer: str, candidates: Sequence[str], cfg: GroundingConfig,

@@ -28,6 +28,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+SMALL_BATCH = 64  # a batch shorter than this is evaluated on the generation threads (LlamaCppReasoner._eval_few)
+
+
 class LlamaCppReasoner:
     """llama.cpp in this process. One context is not thread-safe, so calls are serialised."""
 
@@ -49,8 +52,11 @@ class LlamaCppReasoner:
         self._llm = Llama(model_path=self.model_path, lora_path=self.lora_path, n_ctx=n_ctx,
                           n_threads=n_threads or 1, n_threads_batch=n_threads_batch or n_threads or 1,
                           verbose=False, seed=0)
+        self.n_threads, self.n_threads_batch = n_threads or 1, n_threads_batch or n_threads or 1
         self._lock = threading.Lock()
         self._formatter = None  # continue_answer's chat template, built on first use
+        self._pieces = None  # choose's view of the vocabulary, built on first use
+        self._piece_of: list[bytes] = []
 
     def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
         return self._llm.create_chat_completion(
@@ -124,6 +130,123 @@ class LlamaCppReasoner:
         choice, usage = resp["choices"][0], resp["usage"]
         return Generation(choice["text"] or "", usage["completion_tokens"], usage["prompt_tokens"],
                           time.perf_counter() - t0, self.model_name, choice.get("finish_reason") or "stop")
+
+    def choose(self, messages: Messages, prefix: str, options: Sequence[str],
+               params: GenerationParams | None = None) -> tuple[int | None, Generation]:
+        """``(position in options, Generation)``: the option greedy decoding writes after the answer ``prefix``
+        when only the options may be written, i.e. what ``complete(..., grammar=title_grammar(options))``
+        writes (slim.lm.grounding), computed here by masking the logits in Python.
+
+        Why not llama.cpp's grammar sampler: with a 49k-token vocabulary it costs 10-13 ms per sampled token
+        here (more than a third of a decode), every token a title forces is still decoded one at a time, and
+        the grammar's end-of-text token costs one more decode. Here, as in the grammar, a token is allowed when
+        its bytes extend what is written towards an option (``_vocab_pieces``: llama.cpp's own pieces) and an
+        end-of-generation token only once an option is complete; greedy takes the allowed token of highest
+        logit, so a token that is the only one allowed needs no logits: it is queued and evaluated in one
+        batch with the next call's prompt. Sampling (temperature > 0) goes through the grammar.
+        """
+        params = params or GenerationParams()
+        if params.temperature > 0:
+            from slim.lm.grounding import match_candidate, title_grammar
+
+            gen = self.complete(messages, prefix, params, stop=["\n"], grammar=title_grammar(options))
+            return match_candidate(gen.text, options), gen
+        llm = self._llm
+        rendered = self._chat_formatter()(messages=messages)
+        index, eog = self._vocab_pieces()
+        targets = [o.encode("utf-8") for o in options]
+        n_vocab = llm.n_vocab()
+        t0 = time.perf_counter()
+        with self._lock:
+            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
+                                  special=True)
+            done, common = llm.input_ids[: llm.n_tokens], 0
+            while common < min(len(done), len(tokens) - 1) and done[common] == tokens[common]:
+                common += 1
+            llm.n_tokens = common
+            pending, written, out = list(tokens[common:]), b"", []
+            while len(out) < params.max_tokens:
+                allowed: set[int] = set()
+                for target in targets:
+                    if target.startswith(written):
+                        rest = target[len(written):]
+                        for end in range(1, len(rest) + 1):
+                            allowed.update(index.get(rest[:end], ()))
+                complete = written in targets
+                if not allowed:
+                    break
+                if len(allowed) > 1 or complete:
+                    if pending:
+                        self._eval_few(pending)
+                        pending = []
+                    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+                    ids = np.array(sorted(allowed))
+                    best = int(ids[int(np.argmax(logits[ids]))])
+                    if complete and eog and float(logits[eog].max()) >= float(logits[best]):
+                        break
+                    token = best
+                else:
+                    token = next(iter(allowed))
+                written += self._piece(token)
+                out.append(token)
+                pending.append(token)
+        text = written.decode("utf-8", errors="replace")
+        position = targets.index(written) if written in targets else next(
+            (j for j, t in enumerate(targets) if written and t.startswith(written)), None)
+        return position, Generation(text, len(out), len(tokens), time.perf_counter() - t0, self.model_name, "stop")
+
+    def warm_up(self) -> None:
+        """Build what a first grounded request would (choose's view of the vocabulary, ~0.2 s for SmolLM2)."""
+        self._vocab_pieces()
+
+    def _eval_few(self, tokens: Sequence[int]) -> None:
+        """``llm.eval`` of a few tokens on the generation threads. A batch on the prompt's threads waits for
+        their pool: after a 350-token context (merged student, quiet 2-core box) a batch of 2-12 tokens took
+        81-96 ms on 2 threads against 34-73 ms on one, so the batch threads pay off only for a whole prompt."""
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        small = len(tokens) < SMALL_BATCH and self.n_threads_batch != self.n_threads
+        if small:
+            llama_cpp.llama_set_n_threads(ctx, self.n_threads, self.n_threads)
+        try:
+            self._llm.eval(tokens)
+        finally:
+            if small:
+                llama_cpp.llama_set_n_threads(ctx, self.n_threads, self.n_threads_batch)
+
+    def _vocab_pieces(self) -> tuple[dict[bytes, list[int]], list[int]]:
+        """``({piece bytes: token ids}, end-of-generation ids)`` as llama.cpp's grammar sees the vocabulary
+        (special tokens rendered as text, empty pieces never allowed); built once per model."""
+        if self._pieces is None:
+            import llama_cpp
+
+            vocab = self._llm._model.vocab
+            index: dict[bytes, list[int]] = {}
+            eog: list[int] = []
+            self._piece_of = []
+            for token in range(self._llm.n_vocab()):
+                piece = self._token_piece(vocab, token)
+                self._piece_of.append(piece)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    eog.append(token)
+                elif piece and piece[0] != 0:
+                    index.setdefault(piece, []).append(token)
+            self._pieces = (index, eog)
+        return self._pieces
+
+    @staticmethod
+    def _token_piece(vocab, token: int) -> bytes:
+        import ctypes
+
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:max(n, 0)]
+
+    def _piece(self, token: int) -> bytes:
+        return self._piece_of[token]
 
     def score_continuations(self, messages: Messages, prefix: str, continuations: Sequence[str]) -> list[float]:
         """Sum of the token log-probabilities of each continuation after the answer ``prefix``.
