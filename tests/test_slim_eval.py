@@ -394,10 +394,11 @@ def test_dataset_all_expands_to_the_reported_samples():
     assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k", "--variants", REPORTED_VARIANTS]
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
                                                                              REPORTED_VARIANTS]
-    # the teacher sample is its own run directory and reads the main run's rationale files (student v4's)
+    # the teacher sample is its own run directory and reads the main run's rationale files (student v4's, over the
+    # hubness-corrected shortlist)
     assert u500[u500.index("--users"):] == ["--users", "500", "--out", "runs/amazon-video-games-u500",
                                             "--rationales-from", "runs/amazon-video-games",
-                                            "--student-file", "student-v4.jsonl",
+                                            "--student-file", "student-v4-hub.jsonl",
                                             "--variants", TEACHER_SAMPLE_VARIANTS]
     assert sci[sci.index("--users"):] == ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS]
     assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
