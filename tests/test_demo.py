@@ -429,6 +429,36 @@ def test_the_space_serves_the_users_the_shipped_amazon_fits_cover(data_dir):
     assert dataset_fingerprint(served) == dataset_fingerprint(full.subset_users(sample_users(full, n, seed)))
 
 
+def test_a_plain_cached_teacher_row_gives_way_to_the_live_teacher(service, data_dir, tmp_path):
+    """The plain prompt's row ("books by Harper Lee") is not shown beside the grounded student when a live
+    teacher can write a grounded one; with no live teacher it is shown, and labelled as such."""
+    import json
+
+    rationales = tmp_path / "assets" / "rationales" / "ml-100k"
+    rationales.mkdir(parents=True)
+    plain = {"user_id": "196", "status": "ok", "role": "teacher", "dataset": "ml-100k", "split": "test",
+             "rationale": "Step 1: books by Harper Lee"}
+    (rationales / "teacher.jsonl").write_text(json.dumps(plain) + "\n")
+
+    def fresh(teacher):
+        svc = DemoService(root=tmp_path, data_dir=data_dir)
+        svc._datasets, svc._catalogues, svc._item_text = service._datasets, service._catalogues, service._item_text
+        svc._encoder = service._encoder
+        script_student(svc, ScriptedStudent())
+        svc._teacher, svc._teacher_checked = teacher, True
+        return svc
+
+    svc = fresh(ScriptedTeacher("Step 1: likes comedies.\nStep 2: Comedy.\nStep 3: Babe"))
+    last = list(svc.run(svc.resolve("ml-100k", "196"), min_interval=0))[-1]
+    assert last.teacher.status == "done" and last.teacher.model == "scripted-teacher"
+    assert "likes comedies" in last.teacher.text and "Harper Lee" not in last.teacher.text
+    assert "plain prompt" in last.teacher.note
+    svc = fresh(None)
+    last = list(svc.run(svc.resolve("ml-100k", "196"), min_interval=0))[-1]
+    assert last.teacher.status == "cached" and "Harper Lee" in last.teacher.text
+    assert "written with the plain prompt" in last.teacher.note
+
+
 def test_cached_teacher_prefers_the_grounded_row_over_the_plain_one(data_dir, tmp_path):
     import json
 

@@ -147,6 +147,13 @@ class GenerationMixin:
         # teacher: cached row for dataset users, else live when configured, else an explanation
         threads = []
         cached = self.cached_teacher(req.dataset, req.user_id) if req.is_dataset_user else None
+        plain = cached is not None and not cached.get("step3_items")
+        if plain and self.teacher() is not None:
+            # a row of the plain prompt (no domain, free Step 3: "The Princess Bride by Christopher Nolan")
+            # is not shown beside a grounded student when a live teacher can write a grounded one
+            teacher.note = (f"the cached row (`{cached['_source']}`) was written with the plain prompt, whose "
+                            "Step 3 names items outside the catalogue: the live teacher writes a grounded one")
+            cached = None
         if cached:
             teacher.model, teacher.text, teacher.status = cached.get("model", "teacher"), cached["rationale"], "cached"
             which = ("same history" if cached["split"] == "test"
@@ -154,6 +161,10 @@ class GenerationMixin:
             teacher.note = (f"cached teacher rationale from `{cached['_source']}` ({which}; "
                             f"{float(cached.get('seconds') or 0):.1f} s, {cached.get('completion_tokens', 0)} tokens "
                             "when generated)")
+            if plain:
+                teacher.note += (" · written with the plain prompt (no domain, Step 3 free), so its Step 3 can "
+                                 "name items the catalogue does not have; `python -m slim_train models --teacher` "
+                                 "installs the live teacher, which writes a grounded one")
         else:
             live = self.teacher()
             if live is None:

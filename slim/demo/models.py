@@ -212,6 +212,7 @@ class ModelsMixin:
             ranker += f" ({len(refused)} checkpoint(s) refused: their inputs differ, see the log)"
         return (f"**Student:** {student}. **Teacher:** {live}"
                 + ("; cached rationales for dataset users from " + " then ".join(f"`{c}`" for c in cached[:2])
+                   + (" (a plain-prompt row gives way to the live teacher)" if src is not None else "")
                    if cached else "")
                 + f". **Ranking:** {ranker}.")
 
