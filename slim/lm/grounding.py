@@ -4,8 +4,10 @@ Why (ours; the paper lets Step 3 name anything): a rationale that recommends "Th
 1998 movie catalogue, or a title the user already watched, carries no signal a recommender can use.
 Here Step 3 is written one item at a time, each completion forced by a llama.cpp grammar (GBNF)
 into the titles of a candidate list, rebuilt without the items already chosen, so every named item
-is in the catalogue, not in the history, and distinct, by construction. Step 1 stays free text;
-Step 2 is free, or names catalogue categories the same way (slim.lm.grounded_step2).
+is in the catalogue, not in the history, and distinct, by construction (the in-process llama.cpp model
+makes the grammar's greedy choice itself, by masked logits and faster: LlamaCppReasoner.choose, through
+choose_one). Step 1 stays free text; Step 2 is free, or names catalogue categories the same way
+(slim.lm.grounded_step2).
 
 The candidates are a relevance-ranked shortlist, never the whole catalogue: a grammar over ~1,600
 titles lets the model's favourite first token decide, and both local models start titles with "The"
