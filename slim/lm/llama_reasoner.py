@@ -115,8 +115,7 @@ class LlamaCppReasoner:
         with self._lock:
             if reset:
                 llm.reset()
-            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
-                                  special=True)
+            tokens = self._answer_tokens(rendered, prefix)
             extra = {}
             if grammar is not None:
                 from llama_cpp import LlamaGrammar
@@ -158,12 +157,8 @@ class LlamaCppReasoner:
         n_vocab = llm.n_vocab()
         t0 = time.perf_counter()
         with self._lock:
-            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
-                                  special=True)
-            done, common = llm.input_ids[: llm.n_tokens], 0
-            while common < min(len(done), len(tokens) - 1) and done[common] == tokens[common]:
-                common += 1
-            llm.n_tokens = common
+            tokens = self._answer_tokens(rendered, prefix)
+            common = self._keep_evaluated_prefix(tokens)
             pending, written, out = list(tokens[common:]), b"", []
             while len(out) < params.max_tokens:
                 allowed: set[int] = set()
@@ -194,6 +189,21 @@ class LlamaCppReasoner:
         position = targets.index(written) if written in targets else next(
             (j for j, t in enumerate(targets) if written and t.startswith(written)), None)
         return position, Generation(text, len(out), len(tokens), time.perf_counter() - t0, self.model_name, "stop")
+
+    def _answer_tokens(self, rendered, prefix: str) -> list[int]:
+        """The chat prompt rendered by the GGUF's template + the answer so far, tokenised as the chat handler does."""
+        return self._llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
+                                  special=True)
+
+    def _keep_evaluated_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the evaluated tokens ``tokens`` starts with (at most all but one, so that what follows has
+        logits to read) and drop the rest from the cache; returns how many were kept."""
+        llm = self._llm
+        done, common = llm.input_ids[: llm.n_tokens], 0
+        while common < min(len(done), len(tokens) - 1) and done[common] == tokens[common]:
+            common += 1
+        llm.n_tokens = common
+        return common
 
     def warm_up(self) -> None:
         """Build what a first grounded request would (choose's view of the vocabulary, ~0.2 s for SmolLM2)."""
@@ -262,14 +272,9 @@ class LlamaCppReasoner:
         rendered = self._chat_formatter()(messages=messages)
         n_vocab = llm.n_vocab()
         with self._lock:
-            tokens = llm.tokenize((rendered.prompt + prefix).encode("utf-8"), add_bos=not rendered.added_special,
-                                  special=True)
-            # reuse what is evaluated already (the head complete() just wrote), keep >= 1 token to decode
-            done, common = llm.input_ids[: llm.n_tokens], 0
-            while common < min(len(done), len(tokens) - 1) and done[common] == tokens[common]:
-                common += 1
-            llm.n_tokens = common
-            llm.eval(tokens[common:])
+            tokens = self._answer_tokens(rendered, prefix)
+            # reuse what is evaluated already (the head complete() just wrote)
+            llm.eval(tokens[self._keep_evaluated_prefix(tokens):])
             base = len(tokens)
             first = _log_softmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
             out = []
