@@ -459,6 +459,31 @@ def test_a_plain_cached_teacher_row_gives_way_to_the_live_teacher(service, data_
     assert "written with the plain prompt" in last.teacher.note
 
 
+def test_the_student_runs_the_merged_gguf_when_it_was_built_after_the_adapter(data_dir, tmp_path):
+    """runs/merged/<adapter folder>-q8_0.gguf (slim_train merge) replaces base GGUF + LoRA, unless stale."""
+    import os
+    import shutil
+
+    pytest.importorskip("llama_cpp")
+    from slim.artifacts.layout import REPO_ROOT, live_student_adapter
+    from slim.lm.weights import student_gguf_path
+
+    svc = DemoService(root=tmp_path, data_dir=data_dir)
+    adapter = svc.adapter_path("ml-100k")
+    adapter.parent.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / live_student_adapter("ml-100k"), adapter)
+    assert svc.merged_student_path("ml-100k") is None
+    merged = tmp_path / "runs" / "merged" / f"{adapter.parent.name}-q8_0.gguf"
+    merged.parent.mkdir(parents=True)
+    shutil.copy(student_gguf_path(), merged)  # a stand-in: any GGUF of the student's architecture
+    os.utime(adapter, (1_000, 1_000))
+    assert svc.merged_student_path("ml-100k") == merged
+    student = svc.student("ml-100k")
+    assert student.model_path == str(merged) and student.lora_path is None and "merged" in student.model_name
+    os.utime(merged, (500, 500))  # the adapter changed after the merge: stale
+    assert DemoService(root=tmp_path, data_dir=data_dir).merged_student_path("ml-100k") is None
+
+
 def test_cached_teacher_prefers_the_grounded_row_over_the_plain_one(data_dir, tmp_path):
     import json
 
