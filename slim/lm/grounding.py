@@ -321,6 +321,11 @@ def choose_one(reasoner, messages, prefix: str, options: Sequence[str], params):
     logits, faster) decides itself; any other reasoner with ``complete(..., grammar=)`` gets the GBNF grammar."""
     if hasattr(reasoner, "choose"):
         return reasoner.choose(messages, prefix, options, params)
+    return grammar_choice(reasoner, messages, prefix, options, params)
+
+
+def grammar_choice(reasoner, messages, prefix: str, options: Sequence[str], params):
+    """:func:`choose_one` through llama.cpp's GBNF grammar: one completion bound to ``options``, matched back."""
     gen = reasoner.complete(messages, prefix, params, stop=["\n"], grammar=title_grammar(options))
     return match_candidate(gen.text, options), gen
 

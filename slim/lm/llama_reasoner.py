@@ -55,8 +55,7 @@ class LlamaCppReasoner:
         self.n_threads, self.n_threads_batch = n_threads or 1, n_threads_batch or n_threads or 1
         self._lock = threading.Lock()
         self._formatter = None  # continue_answer's chat template, built on first use
-        self._pieces = None  # choose's view of the vocabulary, built on first use
-        self._piece_of: list[bytes] = []
+        self._vocab = None  # choose's view of the vocabulary (_vocab_pieces), built on first use
 
     def _complete(self, messages: Messages, params: GenerationParams, stream: bool):
         return self._llm.create_chat_completion(
@@ -146,13 +145,12 @@ class LlamaCppReasoner:
         """
         params = params or GenerationParams()
         if params.temperature > 0:
-            from slim.lm.grounding import match_candidate, title_grammar
+            from slim.lm.grounding import grammar_choice
 
-            gen = self.complete(messages, prefix, params, stop=["\n"], grammar=title_grammar(options))
-            return match_candidate(gen.text, options), gen
+            return grammar_choice(self, messages, prefix, options, params)
         llm = self._llm
         rendered = self._chat_formatter()(messages=messages)
-        index, eog = self._vocab_pieces()
+        index, eog, pieces = self._vocab_pieces()
         targets = [o.encode("utf-8") for o in options]
         n_vocab = llm.n_vocab()
         t0 = time.perf_counter()
@@ -182,7 +180,7 @@ class LlamaCppReasoner:
                     token = best
                 else:
                     token = next(iter(allowed))
-                written += self._piece(token)
+                written += pieces[token]
                 out.append(token)
                 pending.append(token)
         text = written.decode("utf-8", errors="replace")
@@ -225,38 +223,27 @@ class LlamaCppReasoner:
             if small:
                 llama_cpp.llama_set_n_threads(ctx, self.n_threads, self.n_threads_batch)
 
-    def _vocab_pieces(self) -> tuple[dict[bytes, list[int]], list[int]]:
-        """``({piece bytes: token ids}, end-of-generation ids)`` as llama.cpp's grammar sees the vocabulary
-        (special tokens rendered as text, empty pieces never allowed); built once per model."""
-        if self._pieces is None:
+    def _vocab_pieces(self) -> tuple[dict[bytes, list[int]], list[int], list[bytes]]:
+        """``({piece bytes: token ids}, end-of-generation ids, piece of each token)`` as llama.cpp's grammar sees
+        the vocabulary (special tokens rendered as text, empty pieces never allowed); built once per model."""
+        if self._vocab is None:
+            import ctypes
+
             import llama_cpp
 
-            vocab = self._llm._model.vocab
+            vocab, buf = self._llm._model.vocab, ctypes.create_string_buffer(256)
             index: dict[bytes, list[int]] = {}
             eog: list[int] = []
-            self._piece_of = []
+            pieces: list[bytes] = []
             for token in range(self._llm.n_vocab()):
-                piece = self._token_piece(vocab, token)
-                self._piece_of.append(piece)
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+                pieces.append(piece := buf.raw[:max(n, 0)])
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     eog.append(token)
                 elif piece and piece[0] != 0:
                     index.setdefault(piece, []).append(token)
-            self._pieces = (index, eog)
-        return self._pieces
-
-    @staticmethod
-    def _token_piece(vocab, token: int) -> bytes:
-        import ctypes
-
-        import llama_cpp
-
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:max(n, 0)]
-
-    def _piece(self, token: int) -> bytes:
-        return self._piece_of[token]
+            self._vocab = (index, eog, pieces)
+        return self._vocab
 
     def score_continuations(self, messages: Messages, prefix: str, continuations: Sequence[str]) -> list[float]:
         """Sum of the token log-probabilities of each continuation after the answer ``prefix``.
