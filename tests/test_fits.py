@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ serving, user text never renders as HTML, and the server log holds no traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
