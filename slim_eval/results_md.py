@@ -71,6 +71,9 @@ SUPERSEDED = {
     "amazon-video-games-u500-v4-legacy-shortlist": ("amazon-video-games-u500", "the 500-user sample with student "
                                                     "v4's rows over the shortlist before its hubness correction; "
                                                     "replaced by the rows over the corrected shortlist"),
+    "amazon-industrial-scientific-v3": ("amazon-industrial-scientific", "the 600-user sample with student v3's rows "
+                                        "(plain prompt, free Step 3; 88.8% parse); replaced by student v4's rows "
+                                        "for the same users"),
     "amazon-industrial-scientific-allusers": ("amazon-industrial-scientific", "all users, SASRec and GRU4Rec, "
                                               "id / text only, 1-2 seeds; replaced by the 600-user sample "
                                               "that has student rationales"),

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from slim.artifacts.layout import REPO_ROOT, student_adapter
+from slim.artifacts.layout import OTHER_DOMAIN_ADAPTER, REPO_ROOT
 from slim.lm.rationale_file import RationaleStore
 from slim.lm.rationales import STEP3_PREFILL, finish_step3, stopped_before_step3
 from slim.lm.reasoners import Generation, GenerationParams
@@ -33,7 +33,7 @@ def test_only_answers_that_ended_after_step2_are_continued():
 def test_reason_finishes_new_rows_and_repairs_stored_ones(scientific, data_dir, tmp_path):
     from slim_train.__main__ import main
 
-    adapter = REPO_ROOT / student_adapter(scientific.name)
+    adapter = REPO_ROOT / OTHER_DOMAIN_ADAPTER  # v3: the student that stops after Step 2
     users = [str(scientific.user_ids[u]) for u in (3, 4)]
     store = RationaleStore(tmp_path / "rationales" / "student.jsonl")
     old = {"user_id": users[0], "user_idx": 3, "split": "valid", "rationale": STOPPED, "status": "rejected: missing Step 3",

@@ -400,7 +400,7 @@ def test_dataset_all_expands_to_the_reported_samples():
                                             "--rationales-from", "runs/amazon-video-games",
                                             "--student-file", "student-v4-hub.jsonl",
                                             "--variants", TEACHER_SAMPLE_VARIANTS]
-    assert sci[sci.index("--users"):] == ["--users", "600", "--min-coverage", "0.85", "--variants", REPORTED_VARIANTS]
+    assert sci[sci.index("--users"):] == ["--users", "600", "--variants", REPORTED_VARIANTS]
     assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
     assert {"teacher", "slim"} <= set(TEACHER_SAMPLE_VARIANTS.split(","))
     # a flag the caller gives wins, once: an explicit sample replaces each dataset's sample and guard,
@@ -542,7 +542,7 @@ def test_a_fresh_run_knows_the_shipped_students_training_users(tmp_path):
     v2 = json.loads((REPO_ROOT / "assets" / "student" / "metrics.json").read_text())
     v2_trained = {str(u[0] if isinstance(u, list) else u) for u in v2["users"]} - set(map(str, v2["data"]["val_users"]))
     assert v2_trained <= trained and "526" in trained and len(trained) > 600
-    # the Games student (v3) says nothing about Scientific's users
+    # Scientific's student (v4, distilled on ML-100K and Games) says nothing about Scientific's users
     assert distilled_users(RunLayout.for_dataset("amazon-industrial-scientific", out=tmp_path),
                            "amazon-industrial-scientific") == set()
 

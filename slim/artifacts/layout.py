@@ -29,7 +29,10 @@ RATIONALE_FILES = {"teacher": "teacher.jsonl", "student": "student.jsonl"}
 # One table because three places must agree on it: the command a report prints to make missing
 # rationales (``reason`` without ``--adapter`` runs the *undistilled* base model), the rationales the
 # reported numbers came from, and the student the demo runs live for that dataset.
-STUDENT_ADAPTERS = {"ml-100k": "assets/student-v4/adapter.gguf"}  # v4: v3 continued on grounded ML-100K + Games rows
+STUDENT_ADAPTERS = {  # v4: v3 continued on grounded ML-100K + Games rows; it wrote Scientific's rows with no Scientific data
+    "ml-100k": "assets/student-v4/adapter.gguf",
+    "amazon-industrial-scientific": "assets/student-v4/adapter.gguf",
+}
 OTHER_DOMAIN_ADAPTER = "assets/student-games/adapter.gguf"  # v3: v2 continued on 300 Games teacher rationales
 # Every student the repository ships (folders): held-out comparisons leave out the users any of them
 # was distilled on, so no rationale file is measured on its student's training data.
@@ -37,7 +40,7 @@ SHIPPED_STUDENTS = ("assets/student", "assets/student-games", "assets/student-v4
 
 
 def student_adapter(dataset: str) -> str:
-    """The adapter that wrote (or would write) ``dataset``'s student rationales; Amazon sets share v3."""
+    """The adapter that wrote (or would write) ``dataset``'s student rationales; Games' shipped rows are v3's."""
     return STUDENT_ADAPTERS.get(dataset, OTHER_DOMAIN_ADAPTER)
 
 
