@@ -501,3 +501,19 @@ def test_cached_teacher_prefers_the_grounded_row_over_the_plain_one(data_dir, tm
     assert row["rationale"] == grounded["rationale"]
     assert row["_source"] == "assets/rationales/ml-100k/teacher-grounded.jsonl"
     assert svc.cached_teacher("ml-100k", "1") is None
+
+
+def test_recommendation_table_shows_titles_without_html_entities(data_dir):
+    """Amazon Games titles are stored with entities ("&rsquo;"); the Space's table shows the text."""
+    if not (data_dir / "amazon-video-games" / "raw").is_dir():
+        pytest.skip(f"{data_dir / 'amazon-video-games' / 'raw'} not found")
+    from slim.demo.display import Ranked
+
+    svc = DemoService(data_dir=data_dir)
+    titles = svc.dataset("amazon-video-games").items["title"].astype(str)
+    escaped = [int(i) for i in titles.index[titles.str.contains("&rsquo;|&amp;")][:3]]
+    plain = titles[~titles.str.contains("&")].head(3).tolist()
+    req = svc.resolve("amazon-video-games", plain)
+    table = svc.table(req, [Ranked("match", escaped, [3.0, 2.0, 1.0])])
+    assert len(table) == 3 and not table["title"].str.contains("&rsquo;|&amp;").any()
+    assert table["title"].str.contains("\u2019|&").all()

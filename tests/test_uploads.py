@@ -157,3 +157,16 @@ def test_duplicate_catalogue_titles_get_unique_labels():
     labels = c.choices()
     assert labels[0] != labels[1] and c.from_choice(labels[1]) == 2
     assert history_from_titles(labels, c).item_idx == [1, 2, 3, 4]
+
+
+def test_html_entities_in_titles_are_read_as_text_and_matched(games):
+    """Amazon titles carry entities ("Marvel&rsquo;s"): the picker shows them decoded, a typed title finds them."""
+    cat = Catalogue.from_dataset(games)
+    stored = next(t for t in cat.titles if "&rsquo;" in t)
+    readable = stored.replace("&rsquo;", "\u2019")
+    labels = cat.choices()
+    assert not any("&rsquo;" in label or "&amp;" in label for label in labels)
+    idx = cat.from_choice(next(label for label in labels if label.startswith(readable)))
+    assert idx is not None and cat.title_of(idx) == stored
+    typed = cat.match(readable.replace("\u2019", "'"))
+    assert typed is not None and typed[0] == idx

@@ -13,6 +13,7 @@ from slim.demo.config import DEFAULT_DATASET, TOP_K
 from slim.demo.display import _rel, _slim_label, MATCH_LABEL, Ranked, UNTRAINED_LABEL
 from slim.demo.requests import Request
 from slim.lm.prompts import parse_steps
+from slim.lm.titles import readable_title
 
 log = logging.getLogger("slim.demo")  # one logger for the Space's service
 
@@ -154,7 +155,7 @@ class RankingMixin:
         rows = []
         for r in ranked:
             for k, (i, sc) in enumerate(zip(r.item_idx, r.scores), 1):
-                rows.append({"rank": k, "variant": r.variant, "title": ds.items.at[i, "title"],
+                rows.append({"rank": k, "variant": r.variant, "title": readable_title(ds.items.at[i, "title"]),
                              "score": round(sc, 4), "next_item": "★ held-out next item" if i == req.target else ""})
         return pd.DataFrame(rows, columns=["rank", "variant", "title", "score", "next_item"])
 

@@ -23,6 +23,7 @@ take "Star Wars" for "Star Trek: First Contact". The cutoffs are part of the rep
 """
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -56,9 +57,19 @@ def display_title(title: str) -> str:
     return f"{article}{sep}{m.group('body')}{m.group('tail') or ''}"
 
 
+def readable_title(title: str) -> str:
+    """``"Marvel&rsquo;s Spider-Man"`` -> ``"Marvel’s Spider-Man"``: a title as a person reads it.
+
+    Amazon's metadata carries HTML entities (721 of the Games titles). Only what the Space shows a
+    visitor (tables, pickers) and the upload key are unescaped: prompts, grammars and item-text vectors
+    keep the stored text, because fits and rationale rows are keyed by those texts.
+    """
+    return html.unescape(str(title))
+
+
 def normalise_title(title: str) -> str:
     """Key used for matching: casefolded, year and article inversion removed, punctuation dropped."""
-    t = unicodedata.normalize("NFKC", str(title)).strip()
+    t = unicodedata.normalize("NFKC", readable_title(title)).strip()
     t = _YEAR.sub("", t).strip()
     m = _ARTICLE_SUFFIX.match(t)
     if m:  # "Usual Suspects, The" -> "The Usual Suspects"

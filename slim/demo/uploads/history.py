@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from slim.lm.titles import TitleMatch, TitleMatcher
+from slim.lm.titles import TitleMatch, TitleMatcher, readable_title
 
 from .limits import (FUZZY_THRESHOLD, MAX_HISTORY, MAX_QUERY_CHARS, MIN_HISTORY, UploadError, check_rows,
                      check_text, has_surrogate, short, shown)
@@ -89,11 +89,12 @@ class Catalogue:
         return self.matcher.match(query)
 
     def choices(self) -> list[str]:
-        """Labels for a searchable multiselect: the title, made unique with the item index if needed."""
+        """Labels for a searchable multiselect: the readable title, made unique with the item index if needed."""
+        labels = [readable_title(t) for t in self.titles]
         seen: dict[str, int] = {}
-        for t in self.titles:
+        for t in labels:
             seen[t] = seen.get(t, 0) + 1
-        return [t if seen[t] == 1 else f"{t} [#{i}]" for t, i in zip(self.titles, self.item_idx)]
+        return [t if seen[t] == 1 else f"{t} [#{i}]" for t, i in zip(labels, self.item_idx)]
 
     def from_choice(self, label: str) -> int | None:
         m = re.search(r" \[#(\d+)\]$", label)
