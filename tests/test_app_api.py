@@ -56,6 +56,17 @@ def test_dataset_user_is_ranked_by_the_fitted_slim_model(client):
     assert variants[1:] == [f"{m.group(1)} (plain backbone)"]
 
 
+def test_scientific_user_is_ranked_by_a_fitted_slim_model(client):
+    """assets/amazon-industrial-scientific/checkpoints: the 600-user sample's user 2 gets a fitted list."""
+    teacher, student, rows = client.predict("amazon-industrial-scientific", "2", api_name="/recommend")
+    assert "SmolLM2-135M-Instruct + SLIM LoRA assets/student-v4/adapter.gguf" in student and "#### Step 1" in student
+    _check_table(rows)
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    m = SLIM_FITTED.fullmatch(variants[0])
+    assert m, f"primary list is {variants[0]!r}, not a fitted SLIM checkpoint (see test-artifacts/app_api.log)"
+    assert variants[1:] == [f"{m.group(1)} (plain backbone)"]
+
+
 def test_custom_title_list_is_ranked_by_fitted_text_matching(client):
     titles = ["Toy Story", "GoldenEye", "the usual suspects (1995)", "Star Wars", "Fargo", "Not A Real Film 123"]
     teacher, student, rows = client.predict("ml-100k", titles, api_name="/recommend")
