@@ -170,3 +170,12 @@ def test_html_entities_in_titles_are_read_as_text_and_matched(games):
     assert idx is not None and cat.title_of(idx) == stored
     typed = cat.match(readable.replace("\u2019", "'"))
     assert typed is not None and typed[0] == idx
+
+
+def test_readable_titles_put_the_article_first_and_still_match(cat):
+    from slim.lm.titles import readable_title
+
+    assert readable_title("Usual Suspects, The (1995)") == "The Usual Suspects (1995)"
+    assert readable_title("Phantasy Star Online, Episode I &amp; II") == "Phantasy Star Online, Episode I & II"
+    label = next(lbl for lbl in cat.choices() if "Usual Suspects" in lbl)
+    assert label == "The Usual Suspects" and cat.title_of(cat.from_choice(label)) == "Usual Suspects, The"

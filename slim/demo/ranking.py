@@ -166,7 +166,7 @@ class RankingMixin:
             n = len(req.full_history)
             lines.append(f"User **{req.user_id}** of {req.dataset}: {n} items before the held-out one"
                          + (f" (the prompt shows the last {len(req.titles)})" if n > len(req.titles) else "")
-                         + f". Held-out next item: **{ds.items.at[req.target, 'title']}**.")
+                         + f". Held-out next item: **{readable_title(ds.items.at[req.target, 'title'])}**.")
         else:
             lines.append(f"Custom history: {len(req.titles)} catalogue items.")
         for r in ranked:

@@ -48,23 +48,27 @@ def display_title(title: str) -> str:
     ML-100K stores articles at the end; a model writes them first, so the grammar must offer the
     form the model would write.
     """
-    t = sanitize_title(title)
-    m = _ARTICLE.match(t)
+    return _article_first(sanitize_title(title))
+
+
+def _article_first(title: str) -> str:
+    m = _ARTICLE.match(title)
     if not m:
-        return t
+        return title
     article = m.group("article")
     sep = "" if article.endswith("'") else " "
     return f"{article}{sep}{m.group('body')}{m.group('tail') or ''}"
 
 
 def readable_title(title: str) -> str:
-    """``"Marvel&rsquo;s Spider-Man"`` -> ``"Marvel’s Spider-Man"``: a title as a person reads it.
+    """``"Marvel&rsquo;s Spider-Man"`` -> ``"Marvel’s Spider-Man"``, ``"Usual Suspects, The (1995)"`` ->
+    ``"The Usual Suspects (1995)"``: a title as a person reads it, whole (no sanitising or truncation).
 
-    Amazon's metadata carries HTML entities (721 of the Games titles). Only what the Space shows a
-    visitor (tables, pickers) and the upload key are unescaped: prompts, grammars and item-text vectors
-    keep the stored text, because fits and rationale rows are keyed by those texts.
+    Amazon's metadata carries HTML entities (721 of the Games titles) and ML-100K stores articles at the
+    end. Only what the Space shows a visitor (tables, pickers) and the upload key use this form: prompts,
+    grammars and item-text vectors keep the stored text, because fits and rationale rows are keyed by it.
     """
-    return html.unescape(str(title))
+    return _article_first(html.unescape(str(title)))
 
 
 def normalise_title(title: str) -> str:
