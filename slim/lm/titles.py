@@ -73,7 +73,7 @@ def readable_title(title: str) -> str:
 
 def normalise_title(title: str) -> str:
     """Key used for matching: casefolded, year and article inversion removed, punctuation dropped."""
-    t = unicodedata.normalize("NFKC", readable_title(title)).strip()
+    t = unicodedata.normalize("NFKC", html.unescape(str(title))).strip()  # the article is handled below
     t = _YEAR.sub("", t).strip()
     m = _ARTICLE_SUFFIX.match(t)
     if m:  # "Usual Suspects, The" -> "The Usual Suspects"
