@@ -170,13 +170,17 @@ def print_teacher_cells(reports: dict[str, dict]) -> None:
 
 def print_paper_tables(layout: RunLayout, report: dict) -> None:
     """The paper-shaped view on the console: Table 1 (X, X+, SLIM-, SLIM, Improv.) under the paper's
-    protocol, then Improv. and SLIM / SLIM- - 1 with their paired intervals over users (both protocols)."""
-    from .report.intervals import improvement_table, slim_vs_teacher_interval_table
+    protocol, then Improv. and SLIM / SLIM- - 1 with their paired intervals over users (both protocols),
+    then SLIM's fusion chosen on validation when both fusions were fitted."""
+    from .report.fusion_choice import fusion_choice_table
+    from .report.intervals import chosen_fusion_interval_table, improvement_table, slim_vs_teacher_interval_table
     from .report.tables import table1
 
     for block in (table1(report, "sampled", markdown=False) if "sampled" in report["protocols"] else None,
                   improvement_table(layout, report, markdown=False),
-                  slim_vs_teacher_interval_table(layout, report, markdown=False)):
+                  slim_vs_teacher_interval_table(layout, report, markdown=False),
+                  fusion_choice_table(report, markdown=False),
+                  chosen_fusion_interval_table(layout, report, markdown=False)):
         if block:
             print()
             print(block)

@@ -230,7 +230,8 @@ def run_grid(args: argparse.Namespace, layout: RunLayout, dataset: SequentialDat
         for protocol in protocols:
             metrics, path, reused = evaluate_fitted(fitted, dataset, args.split, protocol, layout, name,
                                                     negatives=negatives, popularity=popularity)
-            results.append(SeedResult(backbone, s.name, seed, protocol, metrics, fitted.best_epoch, path, reused))
+            results.append(SeedResult(backbone, s.name, seed, protocol, metrics, fitted.best_epoch, path, reused,
+                                      fitted.valid_metrics.get("NDCG@10")))
             line.append(f"{protocol}: HR@10 {100 * metrics['HR@10']:.2f} NDCG@10 {100 * metrics['NDCG@10']:.2f}"
                         + (" (reused)" if reused else ""))
         print(" | ".join(line), flush=True)

@@ -38,6 +38,7 @@ class SeedResult:
     best_epoch: int
     eval_file: Path
     reused: bool = False
+    valid_ndcg10: float | None = None  # the fit's validation NDCG@10 (full ranking): what selects models
 
 
 def eval_key(fitted, dataset: SequentialDataset, split: str, protocol: str) -> dict:

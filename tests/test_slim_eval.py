@@ -19,6 +19,7 @@ from slim.artifacts.provenance import load_npz, make_record, matches, mismatch, 
 from slim_eval.__main__ import main
 from slim_eval.inputs import rationale_text
 from slim_eval.report.compute import compute_rows
+from slim_eval.report.fusion_choice import chosen_fusion, fusion_choice_table
 from slim_eval.report.markdown import regenerate
 from slim_eval.report.per_user import sparsity_groups
 from slim_eval.report.rows import REPORT_METRICS
@@ -59,7 +60,7 @@ def test_report_json_schema(first_run):
     keys = {(r["backbone"], r["variant"], r["protocol"]) for r in on_disk["results"]}
     assert keys == {("sasrec", v, p) for v in ("id", "text") for p in ("full", "sampled")}
     for r in on_disk["results"]:
-        assert set(r) == {"backbone", "variant", "protocol", "metrics", "seeds", "best_epoch"}
+        assert set(r) == {"backbone", "variant", "protocol", "metrics", "seeds", "best_epoch", "valid_NDCG@10"}
         assert set(r["metrics"]) == METRICS
         for ms in r["metrics"].values():
             assert set(ms) == {"mean", "std"}
@@ -178,6 +179,10 @@ def test_valid_split_reuses_checkpoints(first_run):
     _, arr = load_npz(RunLayout(out).eval_file("valid", "sasrec-id-seed0", "full"))
     assert float((arr["ranks"] <= 10).mean()) == pytest.approx(rec["valid_metrics"]["HR@10"])
     assert row["best_epoch"][0] == rec["best_epoch"]
+    # the report row carries the validation score that selected the fit (what fusion choices read)
+    seeds = [json.loads(p.read_text())["valid_metrics"]["NDCG@10"]
+             for p in sorted((out / "checkpoints").glob("sasrec-id-seed*-*/config.json"))]
+    assert row["valid_NDCG@10"]["mean"] == pytest.approx(sum(seeds) / len(seeds))
 
 
 def test_regenerate_without_refit(first_run):
@@ -313,6 +318,31 @@ def test_improvement_is_slim_over_best_baseline():
     clean = {**report, "results": [*report["results"], row("slim-clean", 0.3021)]}  # 0.3021 / 0.2746 - 1 = +10.01%
     assert improvement(clean, "sasrec", "sampled", "NDCG@10", "slim-clean") == pytest.approx(0.1001, abs=5e-4)
     assert "Improv. of the post-filtered SLIM (%) | +10.01" in table1(clean, "sampled")
+
+
+def test_fusion_is_chosen_on_validation_never_on_test():
+    def row(v, backbone, valid, test):
+        return {"backbone": backbone, "variant": v, "protocol": "sampled", "seeds": [0, 1], "best_epoch": [1, 1],
+                "metrics": {k: {"mean": test, "std": 0.0} for k in METRICS},
+                "valid_NDCG@10": {"mean": valid, "std": 0.0}}
+    results = [row("id", "sasrec", 0.05, 0.20), row("text", "sasrec", 0.06, 0.25),
+               # the gate wins on validation and loses on test: validation decides
+               row("slim", "sasrec", 0.07, 0.30), row("slim-gated", "sasrec", 0.08, 0.26),
+               # a tie keeps the paper's concatenation
+               row("id", "gru4rec", 0.05, 0.20), row("slim", "gru4rec", 0.07, 0.21), row("slim-gated", "gru4rec", 0.07, 0.29)]
+    report = {"dataset": "d", "split": "test", "protocols": ["sampled"], "user_sample": None, "results": results}
+    assert chosen_fusion(report, "sasrec") == "slim-gated" and chosen_fusion(report, "gru4rec") == "slim"
+    assert chosen_fusion(report, "srgnn") is None
+    table = fusion_choice_table(report)
+    # SASRec: the gate's test 26.00 and its Improv. 0.26 / 0.25 - 1 = +4.00% are reported, not concatenation's 30.00
+    assert "| SASRec | 7.00 ± 0.00 | 8.00 ± 0.00 | zero-initialised gate (ours) | 26.00 ± 0.00 | +4.00% |" in table
+    assert "| GRU4Rec | 7.00 ± 0.00 | 7.00 ± 0.00 | concatenation (paper) | 21.00 ± 0.00 | +5.00% |" in table
+    assert "SRGNN" not in table
+    # rows written before the validation score was kept, or fitted with other seeds, make no choice
+    old = {**report, "results": [{k: v for k, v in r.items() if k != "valid_NDCG@10"} for r in results]}
+    assert chosen_fusion(old, "sasrec") is None and fusion_choice_table(old) is None
+    other_seeds = {**report, "results": [*results[:3], {**results[3], "seeds": [0]}]}
+    assert chosen_fusion(other_seeds, "sasrec") is None
 
 
 def test_slim_vs_teacher_counts_cells_as_the_paper_does(capsys):

@@ -7,6 +7,7 @@ import numpy as np
 
 from slim.artifacts.layout import RunLayout
 
+from .fusion_choice import chosen_fusion
 from .per_user import per_user_gain
 from .rows import BACKBONE_LABELS, PROTOCOL_TITLES
 from .tables import render
@@ -76,3 +77,25 @@ def slim_vs_teacher_interval_table(layout: RunLayout, report: dict, metric: str 
                            markdown)
 
 
+
+
+def chosen_fusion_interval_table(layout: RunLayout, report: dict, metric: str = "NDCG@10",
+                                 markdown: bool = True) -> str | None:
+    """Improv. of SLIM with the fusion its validation scores chose (.fusion_choice), per backbone and
+    protocol, with the paired interval; None when no backbone has both fusions."""
+    rows, n_users = [], 0
+    for protocol in report["protocols"]:
+        for backbone in ("sasrec", "gru4rec", "srgnn"):
+            choice = chosen_fusion(report, backbone)
+            ci = ratio_interval(layout, report, backbone, protocol, choice, ("id", "text"), metric) if choice else None
+            if ci:
+                n_users = ci["users"]
+                rows.append([BACKBONE_LABELS[backbone], choice, PROTOCOL_TITLES[protocol], f"{100 * ci['improv']:+.1f}%",
+                             f"[{100 * ci['lo']:+.1f}%, {100 * ci['hi']:+.1f}%]", f"{ci['p_not_better']:.3f}",
+                             str(ci["seeds"])])
+    if not rows:
+        return None
+    return (f"Improv. of SLIM with the fusion chosen on validation ({metric}), 95% paired bootstrap interval over "
+            f"the {n_users:,} users (2,000 resamples; P = share of resamples where it is <= max(X, X+))\n\n"
+            + render(["backbone", "fusion", "protocol", "Improv.", "95% interval", "P(not better)", "seeds"], rows,
+                     markdown))

@@ -15,7 +15,7 @@ from slim.artifacts.layout import RATIONALE_FILES, RunLayout
 from slim.artifacts.provenance import read_json, write_json
 
 from .compute import compute_table
-from .intervals import improvement_table, slim_vs_teacher_interval_table
+from .intervals import chosen_fusion_interval_table, improvement_table, slim_vs_teacher_interval_table
 from .per_user import gain_by_rationale_table, popularity_table
 from .plots import longtail_plot, sparsity_plot
 from .tables import summary_blocks
@@ -37,7 +37,8 @@ def markdown(layout: RunLayout, report: dict, command: str | None = None, notes:
     if command:
         parts.append(f"Produced by:\n\n```\n{command}\n```")
     parts += summary_blocks(report)
-    for t in (improvement_table(layout, report), slim_vs_teacher_interval_table(layout, report)):
+    for t in (improvement_table(layout, report), slim_vs_teacher_interval_table(layout, report),
+              chosen_fusion_interval_table(layout, report)):
         if t:
             parts.append(t)
     by_state = gain_by_rationale_table(layout, report)

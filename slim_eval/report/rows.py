@@ -29,14 +29,18 @@ def aggregate(seed_results: Iterable) -> list[dict]:
     rows = []
     for (backbone, variant, protocol), rs in groups.items():
         rs = sorted(rs, key=lambda r: r.seed)
-        rows.append({
+        row = {
             "backbone": backbone,
             "variant": variant,
             "protocol": protocol,
             "metrics": {m: mean_std([r.metrics[m] for r in rs]) for m in REPORT_METRICS},
             "seeds": [r.seed for r in rs],
             "best_epoch": [r.best_epoch for r in rs],
-        })
+        }
+        if all(r.valid_ndcg10 is not None for r in rs):
+            # the validation score of each seed's selected epoch: choices between variants read it, never test
+            row["valid_NDCG@10"] = mean_std([r.valid_ndcg10 for r in rs])
+        rows.append(row)
     return rows
 
 

@@ -7,6 +7,7 @@
 * :func:`table2`: the paper's Table 2 shape (text matching: Step1, Step2, Step3, teacher, SLIM).
 * :func:`slim_vs_teacher_table`: SLIM vs SLIM- cell by cell (the paper's "22 of 27 cells").
 * :func:`combined_table1`: Table 1's layout across several datasets' reports.
+* SLIM's fusion chosen on validation: :mod:`.fusion_choice` (appended by :func:`summary_blocks`).
 """
 from __future__ import annotations
 
@@ -154,10 +155,14 @@ def table2(report: dict, protocol: str, markdown: bool = True) -> str | None:
 def summary_blocks(report: dict) -> list[str]:
     """The blocks every page of one report shows first, in order: the data sentence, the main table,
     then per protocol the paper's table shapes that have rows (report.md and docs/RESULTS.md)."""
+    from .fusion_choice import fusion_choice_table  # it builds on this module's helpers
+
     parts = [line] if (line := data_line(report)) else []
     parts.append(results_table(report, markdown=True))
     for p in report["protocols"]:
         parts += [t for t in (table1(report, p), table2(report, p), slim_vs_teacher_table(report, p)) if t]
+    if fusion := fusion_choice_table(report):
+        parts.append(fusion)
     return parts
 
 
