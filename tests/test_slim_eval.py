@@ -220,6 +220,10 @@ def test_compute_per_stage_adds_up_the_artefacts(first_run, tmp_path):
     got = {r["stage"]: r for r in compute_rows(RunLayout(copy), report)}
     assert got["rationales/teacher.jsonl"]["units"] == 1 and got["rationales/teacher.jsonl"]["seconds"] == 7.5
     assert got["rationales/teacher.jsonl"]["paid"] + got["rationales/teacher-copy.jsonl"]["paid"] == 7.5
+    # a report that names the files it read counts those only, not the others in the folder
+    named = {**report, "rationale_files": {"teacher": str(RunLayout(copy).rationales("teacher"))}}
+    assert {r["stage"] for r in compute_rows(RunLayout(copy), named) if r["stage"].startswith("rationales/")} == {
+        "rationales/teacher.jsonl"}
     assert "Compute per stage" in regenerate(copy)
 
 

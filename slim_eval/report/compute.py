@@ -1,9 +1,11 @@
 """Compute accounting: what each stage of a run cost, added up from the artefacts themselves."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from slim.artifacts.layout import RunLayout
+from slim.artifacts.layout import REPO_ROOT, RunLayout
 from slim.artifacts.provenance import read_json
 
 from .per_user import eval_arrays
@@ -19,6 +21,23 @@ def _checkpoint_seconds(layout: RunLayout, checkpoint: str) -> float | None:
     return float(sum(h.get("train_seconds", 0.0) + h.get("eval_seconds", 0.0) for h in rec["history"]))
 
 
+def read_rationale_files(layout: RunLayout, report: dict) -> list[Path]:
+    """The rationale files this report's variants read (``report["rationale_files"]``), found where the
+    run found them or, on another machine, where this layout finds that role's file; a report
+    written before that record counts every file the run sees. Other files in the same folder (a
+    growing file for a later report, say) are not this run's cost."""
+    named = report.get("rationale_files")
+    if not named:
+        return layout.rationale_files()
+    paths = []
+    for role, shown in named.items():
+        path = Path(shown) if Path(shown).is_absolute() else REPO_ROOT / shown
+        path = path if path.exists() else layout.rationales(role)
+        if path.exists() and path not in paths:
+            paths.append(path)
+    return paths
+
+
 def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
     """What each stage of this run cost, read back from the artefacts themselves.
 
@@ -30,7 +49,7 @@ def compute_rows(layout: RunLayout, report: dict) -> list[dict]:
 
     rows: list[dict] = []
     seen: set[tuple] = set()  # a row copied into two files (teacher.jsonl -> teacher-distill-700.jsonl) was paid once
-    for path in layout.rationale_files():  # the run's own, and the shipped ones it read
+    for path in read_rationale_files(layout, report):
         file_rows = list(load_rationale_rows(path).values())  # torn last line handled by RationaleStore
         secs, paid = [], 0.0
         for r in file_rows:
