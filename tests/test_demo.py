@@ -189,6 +189,22 @@ def test_dataset_user_is_ranked_by_a_fitted_slim_checkpoint(fitted):
     assert f"fitted text matching `{dirs['match']}` for custom histories" in models
 
 
+def test_slim_fusions_compete_on_validation_and_ablations_come_after(tmp_path):
+    """The Space's SLIM is the checkpoint validation prefers between concatenation and the gate
+    (as the reports choose), never an ablation such as ``noleak`` however it validates."""
+    from slim.demo.checkpoints import Checkpoint
+    from slim.demo.ranking import RankingMixin
+
+    def ck(tag: str, valid: float) -> Checkpoint:
+        return Checkpoint(tmp_path / (tag or "concat"), {}, "sasrec", "slim", tag, 0, valid)
+
+    pool = [ck("", 0.10), ck("gated", 0.12), ck("noleak", 0.30), ck("", 0.11)]
+    order = [(c.tag, c.valid_ndcg10) for c in RankingMixin._best(pool, "slim")]
+    assert order == [("gated", 0.12), ("", 0.11), ("", 0.10), ("noleak", 0.30)]
+    pool[1].valid_ndcg10 = 0.05
+    assert [c.tag for c in RankingMixin._best(pool, "slim")][:1] == [""]
+
+
 def test_custom_history_is_ranked_by_the_fitted_match_projection(fitted):
     svc, dirs = fitted
     req = svc.resolve("ml-100k", ["Toy Story", "Fargo", "Star Wars"])

@@ -16,6 +16,8 @@ from slim.lm.prompts import parse_steps
 from slim.lm.titles import readable_title
 
 log = logging.getLogger("slim.demo")  # one logger for the Space's service
+# the tags of SLIM's fusions that validation chooses between (untagged: concatenation)
+SLIM_FUSION_TAGS = ("", "gated")
 
 
 def rationale_text(text: str) -> str:
@@ -56,9 +58,15 @@ class RankingMixin:
 
     @staticmethod
     def _best(cks: Sequence[Checkpoint], variant: str, untagged_only: bool = False) -> list[Checkpoint]:
-        """Checkpoints of one variant, best validation NDCG@10 first (untagged before tagged runs)."""
+        """Checkpoints of one variant, best validation NDCG@10 first (untagged before tagged runs).
+
+        SLIM's two fusions (concatenation, untagged, and the zero-initialised gate, tag ``gated``)
+        compete on validation alone, as in the reports (slim_eval.report.fusion_choice): the Space
+        serves one checkpoint, so its own validation score decides; other tagged SLIM runs (ablations
+        such as ``noleak``) come after both."""
         pool = [c for c in cks if c.variant == variant and not (untagged_only and c.tag)]
-        return sorted(pool, key=lambda c: (bool(c.tag), -c.valid_ndcg10))
+        peers = SLIM_FUSION_TAGS if variant == "slim" else ("",)
+        return sorted(pool, key=lambda c: (c.tag not in peers, -c.valid_ndcg10))
 
     def warm_up_rankers(self, name: str = DEFAULT_DATASET) -> None:
         """Load (or refuse, with a log line) the checkpoints the first request would try."""
@@ -101,7 +109,7 @@ class RankingMixin:
                     out.append(self._top(s, req, ck.label, (
                         f"fitted SLIM checkpoint `{ck.path.name}` (the best by validation NDCG@10, "
                         f"{ck.valid_ndcg10:.3f}): {ck.backbone} item IDs fused with the item texts and the "
-                        "student's rationale")))
+                        f"student's rationale{' through the zero-initialised gate' if ck.tag == 'gated' else ''}")))
                     plain_all = [c for c in plain_all if c.backbone == ck.backbone] or plain_all
                     break
             for ck in plain_all:

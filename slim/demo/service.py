@@ -17,8 +17,9 @@ What a request does (:meth:`DemoService.run`):
    enable one.
 3. Rank the catalogue with the student's rationale, always with fitted checkpoints when there are
    any (``assets/<ds>/checkpoints``, ``runs/<ds>/checkpoints``):
-   - dataset users: the fitted SLIM checkpoint (variant ``slim``) with the highest validation
-     NDCG@10, next to the plain backbone of the same kind (variant ``id``);
+   - dataset users: the fitted SLIM checkpoint (variant ``slim``, concatenation or the
+     zero-initialised gate, whichever fusion's checkpoint validates best) with the highest
+     validation NDCG@10, next to the plain backbone of the same kind (variant ``id``);
    - custom histories: ID-agnostic text matching with the fitted projection g_t (variant ``match``,
      no tag): a new history has no user row in an ID-based model;
    - only a dataset without any usable fitted checkpoint falls back to cosine similarity between the
