@@ -1,8 +1,9 @@
 """``python -m slim_eval --split test``: fit what is missing, measure every model once, print one table.
 
 Defaults reproduce the paper's grid on ML-100K: backbones sasrec,gru4rec,srgnn x the reported
-variants whose artefacts exist (``--variants auto``: id and text always; teacher, slim and the
-match family when their rationale files cover the users, else the report names the command that
+variants whose artefacts exist (``--variants auto``: id and text always; teacher, slim, its gated
+fusion (so that the report can choose SLIM's fusion on validation) and the match family when their
+rationale files cover the users, else the report names the command that
 makes them; the Step-3 post-filtered ``*-clean`` variants only when named) x 5 seeds, under full
 ranking and 100 sampled negatives. Everything is resumable: finished checkpoints
 (``checkpoints/``) and finished measurements (``eval/``) are reused when their provenance matches,
@@ -40,8 +41,9 @@ from .variants import VARIANT_NAMES, spec
 
 PROTOCOL_CHOICES = {"full": ["full"], "sampled": ["sampled"], "both": ["full", "sampled"]}
 
-# ``--variants auto``: the reported variants (the paper's), of which a run fits those whose rationales exist
-REPORTED_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"
+# ``--variants auto``: the reported variants (the paper's, and the gated fusion SLIM's validation choice
+# needs: slim_eval.report.fusion_choice), of which a run fits those whose rationales exist
+REPORTED_VARIANTS = "id,text,teacher,slim,slim-gated,match,match-step1,match-step2,match-step3,match-teacher"
 # ``--dataset all``: every shipped report by its name (assets/reports/<name>), with the flags it was made
 # with, one file each in configs/reported/ (slim.artifacts.reported_runs, which says why each is what it is)
 REPORTED_RUNS: dict[str, list[str]] = {run.name: run.argv for run in reported_runs()}

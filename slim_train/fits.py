@@ -13,7 +13,9 @@ checkpoint whose key matches in place (``slim_eval`` passes ``assets/<dataset>/c
 Refused (nothing is written then): a checkpoint still training or without weights, one written
 by another checkpoint format (its key could never match what ``fit`` computes now), and any file
 of 20 MB or more (the repository ships them in git). A stale sibling in ``--to`` (same run name,
-another key hash) is removed, since ``fit`` can never load it and the demo would try it first.
+another fit config, dataset or key format) is removed, since ``fit`` can never load it and the demo
+would try it first; a sibling that differs only in its texts (another rationale file, which an
+archived report reads) is kept.
 
 ``publish`` stages ``--to`` (default ``assets/<dataset>/checkpoints``) with a model card into
 ``<run dir>/publish/<repo>__fits/model/`` and uploads exactly that folder as a Hub model repo, the
@@ -148,13 +150,26 @@ def export(src: Path, dst: Path, variants: list[str] | None = None, dtype: str =
             shutil.rmtree(final, ignore_errors=True)
             out.rename(final)
             exported.append(out.name)
-    names = {_run_name(n): n for n in exported}
+    keys = {_run_name(ckpt.name): record["key"] for ckpt, record in chosen}
     removed = []
     for p in sorted(dst.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and p.name not in exported and names.get(_run_name(p.name)):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in exported and _run_name(p.name) in keys:
+            if _other_texts_only(p, keys[_run_name(p.name)]):
+                continue  # the same fit on another rationale file: an archived report still reuses it
             shutil.rmtree(p)
             removed.append(p.name)
     return {"exported": exported, "refused": refused, "removed": removed, "bytes": total}
+
+
+def _other_texts_only(sibling: Path, key: dict) -> bool:
+    """True when ``sibling`` is the same run (config, dataset) fitted on other texts, e.g. an archived
+    report's rationale file: ``fit`` still loads it for those texts, so it is not stale."""
+    try:
+        other = json.loads((sibling / "config.json").read_text())["key"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return False
+    same = ("format", "config", "dataset")
+    return all(other.get(k) == key.get(k) for k in same) and other != key
 
 
 def model_card(dataset: str, repo: str, folder: Path) -> str:

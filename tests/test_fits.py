@@ -143,6 +143,22 @@ def test_export_replaces_a_stale_sibling_of_the_same_run(fitted, tmp_path):
     assert not stale.exists() and other.exists()
 
 
+def test_export_keeps_the_same_fit_on_other_texts(fitted, tmp_path):
+    """A sibling that differs only in its text inputs (an archived report's rationale file) stays;
+    one whose fit config differs is stale and goes."""
+    src, _ = fitted
+    dst = tmp_path / "to"
+    ours = json.loads(next(src.glob("sasrec-text-seed0-*/config.json")).read_text())
+    other_texts = {**ours, "key": {**ours["key"], "item_text": {**ours["key"]["item_text"], "sha256": "0" * 16}}}
+    other_config = {**ours, "key": {**ours["key"], "config": {**ours["key"]["config"], "lr": 0.5}}}
+    kept, stale = dst / "sasrec-text-seed0-aaaaaaaaaa", dst / "sasrec-text-seed0-bbbbbbbbbb"
+    for d, record in ((kept, other_texts), (stale, other_config)):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps(record))
+    slim_train("fits", "export", "--from", str(src), "--to", str(dst))
+    assert kept.exists() and not stale.exists()
+
+
 def test_publish_then_slim_eval_downloads_and_reuses(tmp_path, monkeypatch, capsys, data_dir):
     """slim_eval fits a 60-user sample; export; publish (dry run == pushed bytes); a fresh --out with
     --fits-from-hub loads the downloaded checkpoint instead of training, with the same numbers."""

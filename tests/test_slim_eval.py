@@ -419,6 +419,9 @@ def test_dataset_all_expands_to_the_reported_samples():
 
     # configs/reported/amazon-video-games-u500.toml: the teacher sample with the two fusion ablations
     TEACHER_SAMPLE_VARIANTS = "id,text,teacher,slim,match,match-teacher,slim-gated,slim-noleak"
+    # the Games-3000 and Scientific reports were made before the gate was fitted beside SLIM: their
+    # configs name the variants they were made with
+    PAPER_VARIANTS = "id,text,teacher,slim,match,match-step1,match-step2,match-step3,match-teacher"
 
     runs = expand_all(["--split", "test", "--dataset", "all", "--seeds", "2"])
     assert list(runs) == list(REPORTED_RUNS)
@@ -427,15 +430,16 @@ def test_dataset_all_expands_to_the_reported_samples():
     # all 943 users, the reported variants
     assert ml == ["--split", "test", "--seeds", "2", "--dataset", "ml-100k", "--variants", REPORTED_VARIANTS]
     assert games[:4] == ["--split", "test", "--seeds", "2"] and games[-4:] == ["--users", "3000", "--variants",
-                                                                             REPORTED_VARIANTS]
+                                                                             PAPER_VARIANTS]
     # the teacher sample is its own run directory and reads the main run's rationale files (student v4's, over the
     # hubness-corrected shortlist)
     assert u500[u500.index("--users"):] == ["--users", "500", "--out", "runs/amazon-video-games-u500",
                                             "--rationales-from", "runs/amazon-video-games",
                                             "--student-file", "student-v4-hub.jsonl",
                                             "--variants", TEACHER_SAMPLE_VARIANTS]
-    assert sci[sci.index("--users"):] == ["--users", "600", "--variants", REPORTED_VARIANTS]
+    assert sci[sci.index("--users"):] == ["--users", "600", "--variants", PAPER_VARIANTS]
     assert "slim-clean" not in REPORTED_VARIANTS and "match-teacher" in REPORTED_VARIANTS
+    assert set(REPORTED_VARIANTS.split(",")) == set(PAPER_VARIANTS.split(",")) | {"slim-gated"}
     assert {"teacher", "slim"} <= set(TEACHER_SAMPLE_VARIANTS.split(","))
     # a flag the caller gives wins, once: an explicit sample replaces each dataset's sample and guard,
     # and drops the second Games sample (it would be the main run again, in another directory)
