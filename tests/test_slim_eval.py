@@ -114,14 +114,14 @@ def test_default_variants_are_whatever_exists(first_run, capsys):
     Reuses the first run's checkpoints."""
     from slim_eval.__main__ import parse_args
 
-    assert parse_args([]).variant_list == ["id", "text", "teacher", "slim", "match", "match-step1", "match-step2",
-                                           "match-step3", "match-teacher"]
+    assert parse_args([]).variant_list == ["id", "text", "teacher", "slim", "slim-gated", "match", "match-step1",
+                                           "match-step2", "match-step3", "match-teacher"]
     assert parse_args(["--variants", "slim,slim-clean"]).variant_list == ["slim", "slim-clean"]
     out, _, _ = first_run
     report = main([*BASE, "--out", str(out), "--split", "test"])
     text = capsys.readouterr().out
     assert {r["variant"] for r in report["results"]} == {"id", "text"}
-    for v in ("teacher", "slim", "match", "match-step1", "match-teacher"):
+    for v in ("teacher", "slim", "slim-gated", "match", "match-step1", "match-teacher"):
         assert f"skipped {v}" in text
     assert "python -m slim_train reason --dataset ml-100k" in text
 
