@@ -106,7 +106,7 @@ def main() -> None:
 
         cfg = GroundingConfig.for_dataset(ds.name, n_candidates=args.candidates)
         index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)
-        shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent)] for h in histories]
+        shortlists = [[index.display[i] for i in index.candidates(h, cfg.n_candidates, cfg.recent, cfg.exclude_editions)] for h in histories]
         grounded = (shortlists, cfg, [step2_choices(ds, h[-args.max_history:], cfg) for h in histories])
         student_prompts = [student_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]
         teacher_prompts = [teacher_messages(t, args.max_history, domain, s, cfg.k) for t, s in zip(titles, shortlists)]

@@ -52,7 +52,7 @@ def main() -> None:
             indexes[key] = cfg, CandidateIndex.for_config(ds, vectors, cfg)
         cfg, index = indexes[key]
         shortlist = index.candidates(ds.history(user_index[row["user_id"]], row["split"]), cfg.n_candidates,
-                                     cfg.recent)
+                                     cfg.recent, cfg.exclude_editions)
         slots.update(shortlist)
         picks.update(row["step3_items"])
         for k, item in enumerate(row["step3_items"]):

@@ -56,6 +56,10 @@ def add_shortlist(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step2-k", type=int, default=None, help="categories a grounded Step 2 names (default 2)")
     p.add_argument("--step2-candidates", type=int, default=None,
                    help="the history's most frequent categories a grounded Step 2 chooses from (default 3)")
+    p.add_argument("--exclude-editions", action="store_true", default=None,
+                   help="leave other editions of a history item out of the shortlist (\"Far Cry 3\" after \"Far Cry 3 "
+                        "- Playstation 3\"; slim.lm.titles.edition_key). Off by default, so that a file being written "
+                        "keeps one configuration; the Space always uses it")
 
 
 def add_first_users(p: argparse.ArgumentParser, what: str) -> None:

@@ -160,7 +160,8 @@ def main(args: argparse.Namespace) -> None:
                                                            popularity_weight=args.popularity_weight,
                                                            hubness_weight=args.hubness_weight,
                                                            pick=args.step3_pick, step2=args.step2, step2_k=args.step2_k,
-                                                           step2_candidates=args.step2_candidates))
+                                                           step2_candidates=args.step2_candidates,
+                                                           exclude_editions=args.exclude_editions))
         rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
                          workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)

@@ -127,7 +127,8 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
                                                            popularity_weight=args.popularity_weight,
                                                            hubness_weight=args.hubness_weight,
                                                            step2=args.step2, step2_k=args.step2_k,
-                                                           step2_candidates=args.step2_candidates))
+                                                           step2_candidates=args.step2_candidates,
+                                                           exclude_editions=args.exclude_editions))
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
@@ -170,7 +171,8 @@ def endpoint_grounding(args: argparse.Namespace, ds, verb: str = "teach") -> dic
                          "llama.cpp) or --step2 free")
     cfg = GroundingConfig.for_dataset(ds.name, k=args.k, n_candidates=args.candidates,
                                      popularity_weight=args.popularity_weight,
-                                     hubness_weight=args.hubness_weight, step2="free")
+                                     hubness_weight=args.hubness_weight, step2="free",
+                                     exclude_editions=args.exclude_editions)
     print(f"{verb}: the endpoint takes no grammar; Step 3 is its answer snapped to a numbered shortlist of "
           f"{cfg.n_candidates} catalogue items (step3_path numbered-list)")
     index = CandidateIndex.for_config(ds, item_text_matrix(ds, TextEncoder()), cfg)

@@ -533,3 +533,23 @@ def test_recommendation_table_shows_titles_without_html_entities(data_dir):
     table = svc.table(req, [Ranked("match", escaped, [3.0, 2.0, 1.0])])
     assert len(table) == 3 and not table["title"].str.contains("&rsquo;|&amp;").any()
     assert table["title"].str.contains("\u2019|&").all()
+
+
+def test_the_space_never_offers_another_edition_of_an_owned_item(games, data_dir, tmp_path):
+    """An Amazon history with "X - Platform" gets a shortlist without X's other editions (ids alone let
+    them through: the same game for another console)."""
+    from slim.artifacts.layout import REPO_ROOT
+    from slim.lm.titles import edition_key
+
+    svc = DemoService(root=REPO_ROOT, data_dir=data_dir)  # the shipped assets offer the Games catalogue
+    by_key: dict[str, list[int]] = {}
+    for i, t in zip(games.items.index, games.items["title"]):
+        by_key.setdefault(edition_key(t), []).append(int(i))
+    owned = next(items[0] for items in by_key.values() if len(items) > 2)
+    others = [items[0] for items in by_key.values() if len(items) == 1][:2]  # uploads need 3 titles
+    req = svc.resolve("amazon-video-games", games.titles([*others, owned]))
+    g = svc.grounding(req)
+    assert g.cfg.exclude_editions and len(g.shortlist) == g.cfg.n_candidates
+    assert edition_key(games.titles([owned])[0]) not in {edition_key(t) for t in games.titles(g.shortlist)}
+    without = svc.candidate_index("amazon-video-games").candidates(req.item_idx, g.cfg.n_candidates, g.cfg.recent)
+    assert edition_key(games.titles([owned])[0]) in {edition_key(t) for t in games.titles(without)}

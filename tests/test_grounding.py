@@ -107,6 +107,16 @@ def test_candidates_exclude_the_history_and_are_ranked_by_similarity():
     assert 1 not in index.candidates([1, 2], n=10, recent=5)
 
 
+def test_other_editions_of_a_history_item_can_be_left_out_of_the_shortlist():
+    titles = ["", "Far Cry 3 - Playstation 3", "Far Cry 3", "Far Cry 4", "Super Mario Galaxy (Nintendo Selects)",
+              "Super Mario Galaxy 2"]
+    vecs = np.array([[0, 0], [1, 0], [0.99, 0.1], [0.9, 0.2], [0.5, 0.5], [0.4, 0.6]], dtype=np.float32)
+    index = CandidateIndex(titles, vecs)
+    assert index.candidates([1], n=2, recent=5) == [2, 3]  # ids only: the same game for another console first
+    assert index.candidates([1], n=2, recent=5, exclude_editions=True) == [3, 4]  # a sequel stays
+    assert GroundingConfig().exclude_editions is False  # rows written before it keep their shortlist
+
+
 def test_snapping_an_endpoint_answer_to_the_numbered_shortlist():
     titles = ["The Usual Suspects (1995)", "Heat (1995)", "Fargo (1996)"]
     assert snap_to_candidates("1. Heat\n2. #3 Fargo\n3. Heat (1995)\n4. Fargo", titles, k=3) == [1, 2]

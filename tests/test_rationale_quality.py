@@ -125,3 +125,37 @@ def test_grounded_rows_are_read_by_their_item_ids_and_measured_for_diversity(ml1
     seen = sorted(h0)[0]
     q = intrinsic_quality(ml100k, [grounded(0, [seen, new[0], new[0]])])
     assert q["repeat_rate"] == pytest.approx(1 / 3) and q["step3_duplicates"] == pytest.approx(1 / 3)
+
+
+def test_edition_key_joins_editions_but_not_sequels_or_remakes():
+    from slim.lm.titles import edition_key
+
+    assert edition_key("Far Cry 3 - Playstation 3") == edition_key("Far Cry 3")
+    assert edition_key("Super Mario Galaxy (Nintendo Selects)") == edition_key("Super Mario Galaxy")
+    assert edition_key("The Legend of Zelda: Twilight Princess HD - Wii U") == edition_key("The Legend of Zelda: Twilight Princess")
+    assert edition_key("Fallout 3: Game of the Year Edition") == edition_key("Fallout 3")
+    assert edition_key("Super Mario Galaxy 2") != edition_key("Super Mario Galaxy")
+    assert edition_key("Final Fantasy X-2") != edition_key("Final Fantasy X")
+    assert edition_key("Batman - Arkham City") != edition_key("Batman - Arkham Asylum")  # a subtitle, not a platform
+    assert edition_key("Sabrina (1954)") != edition_key("Sabrina (1995)")  # a remake is another film
+
+
+def test_another_edition_of_a_history_item_is_counted_apart_from_repeats(games):
+    """A grounded Step 3 can name a new id that is the same product as one the user bought: the id-level
+    repeat rate is 0 by construction, the edition measure sees it."""
+    from slim.lm.titles import edition_key
+
+    by_key: dict[str, list[int]] = {}
+    for i, t in zip(games.items.index, games.items["title"]):
+        by_key.setdefault(edition_key(t), []).append(int(i))
+    pairs = {a: b for items in by_key.values() if len(items) > 1 for a, b in [items[:2]]}
+    user, owned = next((u, h) for u in range(games.n_users)
+                       for h in games.history(u, "valid").tolist() if h in pairs
+                       and pairs[h] not in set(games.history(u, "valid").tolist()))
+    history = set(games.history(user, "valid").tolist())
+    unrelated = next(i for i in range(1, games.n_items + 1) if i not in history and i not in pairs
+                     and edition_key(games.titles([i])[0]) not in {edition_key(t) for t in games.titles(list(history))})
+    row = {**_row(games, user, "valid", "...", ["likes games", "action", "..."]), "step3_items": [pairs[owned], unrelated]}
+    q = intrinsic_quality(games, [row])
+    assert q["repeat_rate"] == 0.0
+    assert q["step3_edition_repeats"] == pytest.approx(1 / 2)

@@ -178,12 +178,13 @@ class ModelsMixin:
     def grounding(self, req: Request) -> Grounding:
         """The shortlist for this request's history: the catalogue the history was matched against, the
         items nearest its recent ones (+ the popularity prior), none of the history (for a dataset user
-        the whole history, not only the prompt's last 20), never the held-out item's identity."""
+        the whole history, not only the prompt's last 20) nor another edition of a history item (a visitor
+        who owns "Far Cry 3" is not offered it again for another console), never the held-out item's identity."""
         from slim.lm.grounding import GroundingConfig
 
-        cfg = GroundingConfig.for_dataset(req.dataset)
+        cfg = GroundingConfig.for_dataset(req.dataset, exclude_editions=True)  # never the same product again
         index = self.candidate_index(req.dataset)
-        shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent)
+        shortlist = index.candidates(req.full_history or req.item_idx, cfg.n_candidates, cfg.recent, cfg.exclude_editions)
         from slim.lm.grounded_step2 import step2_choices
 
         categories, lead = step2_choices(self.dataset(req.dataset), req.item_idx, cfg)

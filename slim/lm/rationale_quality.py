@@ -8,6 +8,9 @@ the chain inspectable on its own:
 * repeat rate: share of grounded Step-3 items that are already in the user's history; rows of a
   catalogue-grounded Step 3 (``slim.lm.grounding``) carry their items as ids (``step3_items``), which
   are read as they are (in the catalogue, new and distinct by construction: the measures check it);
+* edition repeats: share of grounded Step-3 items that are another edition of a history item (a new
+  id, the same product: "Far Cry 3" after "Far Cry 3 - Playstation 3"; ``slim.lm.titles.edition_key``),
+  which the id-level repeat rate cannot see;
 * Step-3 diversity over users: distinct items / items named, and the share of the three most named
   items (a grammar over a catalogue can funnel every user into the same few titles);
 * after the Step-3 post-filter (``slim.lm.step3_filter``): distinct new catalogue items left per
@@ -42,7 +45,7 @@ from slim.data.categories import item_categories
 from slim.data.dataset import SequentialDataset
 from slim.lm.prompts import step3_items
 from slim.lm.rationale_file import read_rationales
-from slim.lm.titles import TitleMatcher
+from slim.lm.titles import TitleMatcher, edition_key
 
 def _genres(dataset: SequentialDataset, item: int) -> list[str]:
     return [c.lower() for c in item_categories(dataset, item)]
@@ -56,7 +59,14 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
     n_ok = n_named = n_grounded = n_repeat = n_item_hit = n_genre_hit = n_genre_users = 0
     n_kept = n_empty = 0  # what slim.lm.step3_filter keeps: distinct catalogue items not in the history
     n_dup, named_items = 0, []  # repeats within one Step 3; every catalogue item named, over users
-    n_grounded_rows = 0
+    n_grounded_rows = n_editions = 0
+    keys: dict[int, str] = {}  # item -> edition key, computed once per item
+
+    def key(item: int) -> str:
+        if item not in keys:
+            keys[item] = edition_key(dataset.titles([item])[0])
+        return keys[item]
+
     for r in rows:
         if r.get("status") != "ok" or not r.get("steps"):
             continue
@@ -76,6 +86,8 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         n_named += len(names)
         n_grounded += len(matched)
         n_repeat += sum(m in history for m in matched)
+        history_keys = {key(h) for h in history}
+        n_editions += sum(m not in history and key(m) in history_keys for m in matched)
         kept = {m for m in matched if m not in history}
         n_kept += len(kept)
         n_empty += not kept
@@ -90,6 +102,7 @@ def intrinsic_quality(dataset: SequentialDataset, rows: Iterable[dict], matcher:
         "step3_items_per_rationale": n_named / max(1, n_ok),
         "groundedness": n_grounded / max(1, n_named),
         "repeat_rate": n_repeat / max(1, n_grounded),
+        "step3_edition_repeats": n_editions / max(1, n_grounded),
         "step3_kept_after_filter": n_kept / max(1, n_ok),
         "step3_empty_after_filter": n_empty / max(1, n_ok),
         "target_item_hit": n_item_hit / max(1, n_ok),

@@ -118,7 +118,7 @@ def grounded_row(reasoner, ds, user: int, split: str, prompt, params: Generation
 
 def grounding_shortlist(ds, user: int, split: str, cfg, index) -> tuple[list[int], list[str]]:
     """The grounded Step 3's candidates (item ids, display titles), from the history the prompt shows."""
-    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent)
+    shortlist = index.candidates(ds.history(user, split), cfg.n_candidates, cfg.recent, cfg.exclude_editions)
     return shortlist, [index.display[i] for i in shortlist]
 
 

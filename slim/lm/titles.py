@@ -82,6 +82,32 @@ def normalise_title(title: str) -> str:
     return re.sub(r"\s+", " ", t).strip()
 
 
+# what separates two editions of one product in a catalogue title: a platform tail (" - Wii U"), a
+# bracketed note ("(Nintendo Selects)") or an edition phrase ("Game of the Year Edition", "HD")
+_EDITION_TAIL = re.compile(
+    r"(?:\s+-\s+[^-]*\b(?:playstation|ps[1-5]|psp|vita|xbox|wii|nintendo|3ds|ds|switch|gamecube|game ?boy|pc|mac|"
+    r"windows|sega|steam|digital|download|code|edition|version|import|bundle)\b[^-]*|\s*\((?!\d{4}\))[^()]*\)|\s*[:,-]?\s*(?:\b(?:hd|remastered|remaster|game of the year(?: edition)?|goty"
+    r"(?: edition)?|complete edition|definitive edition|greatest hits|player'?s choice|nintendo selects|"
+    r"platinum hits|collector'?s edition|limited edition|standard edition|deluxe edition|special edition)))\s*$",
+    re.IGNORECASE)
+
+
+def edition_key(title: str) -> str:
+    """The title with its edition and platform tails removed, as a matching key: two catalogue items
+    with one key are editions of one product ("Far Cry 3" and "Far Cry 3 - Playstation 3"), while a
+    sequel keeps its own ("Final Fantasy X-2"), and so does a film's year ("Sabrina (1954)" and its
+    1995 remake are two films). A rationale that recommends another edition of an item the user has
+    already bought names a new catalogue id, but not a new product."""
+    t = html.unescape(str(title)).strip()
+    while True:
+        shorter = _EDITION_TAIL.sub("", t).strip()
+        if shorter == t or not shorter:
+            break
+        t = shorter
+    year = re.search(r"\((\d{4})\)", t)
+    return normalise_title(t) + (f" {year.group(1)}" if year else "")
+
+
 def _default_process(title: str) -> str:
     from rapidfuzz import utils
 

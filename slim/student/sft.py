@@ -146,7 +146,7 @@ class ShortlistFor:
         if key not in self._indexes:
             self._indexes[key] = CandidateIndex.for_config(self.dataset, self.vectors, cfg)
         index = self._indexes[key]
-        ids = index.candidates(history, cfg.n_candidates, cfg.recent)
+        ids = index.candidates(history, cfg.n_candidates, cfg.recent, cfg.exclude_editions)
         return [index.display[i] for i in ids], ids, cfg.k
 
 
