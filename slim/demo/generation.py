@@ -134,8 +134,9 @@ class GenerationMixin:
         col.note = " · ".join(p for p in (col.note, (
             f"Step 2: {len(chosen)} catalogue categories, chosen under a grammar from the {len(g.categories)} most "
             f"frequent in the history") if chosen else "", (
-            f"Step 3: {len(picked)} catalogue items not in the history, chosen under a grammar from the "
-            f"{len(g.titles)} nearest candidates") if picked else "") if p)
+            f"Step 3: {len(picked)} catalogue items not in the history"
+            f"{' (nor other editions of its items)' if g.cfg.exclude_editions else ''}, chosen under a grammar "
+            f"from the {len(g.titles)} nearest candidates") if picked else "") if p)
 
     def run(self, req: Request, min_interval: float = 0.08) -> Iterator[Update]:
         """Stream both rationales, then the rankings; yields at most every ``min_interval`` s while streaming."""
