@@ -14,7 +14,8 @@ A run is ``<pick>/<shortlist>[/<step2>][/n<N>]``: ``legacy`` is the shortlist of
 dataset's POPULARITY_WEIGHT, no hubness correction), ``validated`` the dataset's SHORTLIST,
 ``p0.1h1.0`` explicit weights (popularity 0.1, hubness 1.0); ``/categories`` grounds Step 2 too
 (slim.lm.grounded_step2), ``/categories3`` from the history's 3 most frequent categories, default
-``free``; ``/n10`` a shortlist of 10 items (prompt and grammar), default the dataset's GroundingConfig. Each run's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<run>.jsonl``
+``free``; ``/n10`` a shortlist of 10 items (prompt and grammar), default the dataset's GroundingConfig;
+``/editions`` leaves other editions of the history's items out of the shortlist (``--exclude-editions``). Each run's rows go to ``runs/bench-step3-pick/<dataset>/rationales/pick-<run>.jsonl``
 (resumable: a rerun generates only the missing rows), written by ``python -m slim_train reason``;
 the table is slim.lm.rationale_quality's measures on exactly those rows, beside the shipped
 student's rows for the same users (``shipped``: the rows ``--shipped`` names), and the genre hit
@@ -43,7 +44,7 @@ from slim_eval import inputs
 from slim_eval.pipeline import heldout_pairs
 from slim_eval.run import N_NEGATIVES, NEGATIVES_SEED
 
-MEASURES = ("target_item_hit", "target_genre_hit", "step3_distinct_items", "step3_top3_share", "step1_distinct",
+MEASURES = ("target_item_hit", "target_genre_hit", "step3_distinct_items", "step3_top3_share", "step3_edition_repeats", "step1_distinct",
             "step2_distinct", "zero_shot_ndcg10", "history_zero_shot_ndcg10", "mean_seconds")
 
 
@@ -74,16 +75,18 @@ def main() -> None:
         pick, shortlist, *rest = run.split("/")
         popularity, hub = _shortlist_weights(shortlist, ds.name)
         sizes = [part[1:] for part in rest if re.fullmatch(r"n\d+", part)]
-        step2 = [part for part in rest if not re.fullmatch(r"n\d+", part)]
+        editions = "editions" in rest
+        step2 = [part for part in rest if not re.fullmatch(r"n\d+", part) and part != "editions"]
         step2, n_categories = re.fullmatch(r"(free|categories)(\d*)", step2[0] if step2 else "free").groups()
         name = (f"pick-{pick}-{shortlist}" + ("" if step2 == "free" else f"-step2-{step2}{n_categories}")
-                + (f"-n{sizes[0]}" if sizes else ""))
+                + (f"-n{sizes[0]}" if sizes else "") + ("-editions" if editions else ""))
         subprocess.run([sys.executable, "-m", "slim_train", "reason", "--dataset", args.dataset, "--user-ids", f"@{ids}",
                         "--splits", "valid", "--max-tokens", "160", "--model", args.model, "--adapter", "none",
                         "--step3", "grammar", "--step3-pick", pick, "--popularity-weight", str(popularity),
                         "--hubness-weight", str(hub), "--step2", step2,
                         *(["--step2-candidates", n_categories] if n_categories else []),
-                        *(["--candidates", sizes[0]] if sizes else []), "--domain", "dataset",
+                        *(["--candidates", sizes[0]] if sizes else []), *(["--exclude-editions"] if editions else []),
+                        "--domain", "dataset",
                         "--workers", str(args.workers),
                         "--out", str(out), "--name", name], check=True, cwd=REPO_ROOT)
         files[run] = out / "rationales" / f"{name}.jsonl"
