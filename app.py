@@ -67,6 +67,15 @@ ABOUT = f"""
 5. The paper reports that the distilled student's rationales help the recommender about as much as the
    teacher's (for example NDCG@10 31.43 vs 31.58 for SASRec on Amazon Games) at a fraction of the cost; read it
    at [arXiv:2403.04260]({PAPER_URL}), and see the Results tab for what this reimplementation measured.
+
+### What this Space adds to the paper
+- The prompts say what the items are (movies, video games, industrial and scientific products) and, for
+  ML-100K, that the catalogue ends in 1998.
+- Step 3 names only real catalogue items: each one is chosen under a grammar from the 20 items nearest to
+  the history, never an item of the history nor another edition of one. On ML-100K, Step 2 also names
+  genres the catalogue has, chosen from the history's most frequent.
+- Both fusions are fitted, the paper's concatenation and a zero-initialised gate, and validation picks which
+  checkpoint ranks a dataset user.
 """
 
 UPLOAD_HELP = f"""
