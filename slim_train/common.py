@@ -62,6 +62,24 @@ def add_shortlist(p: argparse.ArgumentParser) -> None:
                         "keeps one configuration; the Space always uses it")
 
 
+def refuse_mixed_grounding(store, grounding, dataset: str, verb: str) -> None:
+    """Stop before a resumed file gets rows of another grounding configuration than the rows it has
+    (one file, one configuration: the measures and the fits read a file as one set of rationales).
+    ``grounding`` is a GroundingConfig or its asdict; nothing is written when it refuses."""
+    from dataclasses import is_dataclass
+
+    from slim.lm.grounding import GroundingConfig, mixed_grounding
+
+    cfg = grounding if is_dataclass(grounding) else GroundingConfig(**grounding)
+    diffs = mixed_grounding(store.rows.values(), cfg, dataset)
+    if diffs:
+        said = ", ".join(f"{k}: the file has {old!r}, this run {new!r}" for k, (old, new) in diffs.items())
+        raise SystemExit(f"{verb}: {store.path} was written with another grounding configuration ({said}). "
+                         "Fix: rerun with the flags the file was written with (e.g. --popularity-weight, "
+                         "--hubness-weight, --step2, --exclude-editions), or write a new file with --name; "
+                         f"its {len(store)} rows are kept as they are")
+
+
 def add_first_users(p: argparse.ArgumentParser, what: str) -> None:
     """``--first-users N`` (into ``users``): the first N users of the order ``what`` names; ``--users`` is its
     old spelling in these verbs."""

@@ -20,7 +20,7 @@ from slim.lm.rationale_file import RationaleStore, read_rows
 from slim.lm.rationales import finished_row, prompt_for, stopped_before_step3
 from slim.lm.reasoners import GenerationParams
 
-from .common import add_common, add_shortlist, run_dir
+from .common import add_common, add_shortlist, refuse_mixed_grounding, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows, stored_generation
 from slim.lm.prompts import prompt_builder as pool_prompt_fn
@@ -162,6 +162,7 @@ def main(args: argparse.Namespace) -> None:
                                                            pick=args.step3_pick, step2=args.step2, step2_k=args.step2_k,
                                                            step2_candidates=args.step2_candidates,
                                                            exclude_editions=args.exclude_editions))
+            refuse_mixed_grounding(store, grounding, ds.name, "reason")
         rows = pool_rows(repairs + jobs, model=model, adapter=adapter, dataset=args.dataset,
                          data_dir=args.data_dir, prompt=args.prompt, role="student", params=params,
                          workers=args.workers, finish=args.finish_step3, grounding=grounding, domain=args.domain)
@@ -186,6 +187,8 @@ def main(args: argparse.Namespace) -> None:
                                  "endpoint does not take; use --engine llama.cpp or transformers")
 
             grounding = endpoint_grounding(args, ds, verb="reason")
+            if grounding:
+                refuse_mixed_grounding(store, grounding["grounding"], ds.name, "reason")
             reasoner = endpoint_reasoner(args.base_url, model, concurrency=args.concurrency)
             batch = max(1, args.concurrency) * len(getattr(reasoner, "endpoints", [reasoner]))
         else:

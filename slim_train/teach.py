@@ -34,7 +34,7 @@ from slim.lm.llama_reasoner import LlamaCppServer
 from slim.lm.reasoners import LLAMA_SERVER_REPEAT_PENALTY, GenerationParams, endpoint_reasoner
 from slim.lm.weights import TEACHER_NAME, teacher_gguf_path
 
-from .common import add_common, add_first_users, add_shortlist, run_dir
+from .common import add_common, add_first_users, add_shortlist, refuse_mixed_grounding, run_dir
 from .merge_rationales import add_shard_arg, output_for, split_groups
 from .pool import pool_rows
 from slim.lm.prompts import prompt_builder as prompt_fn
@@ -129,6 +129,7 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
                                                            step2=args.step2, step2_k=args.step2_k,
                                                            step2_candidates=args.step2_candidates,
                                                            exclude_editions=args.exclude_editions))
+            refuse_mixed_grounding(store, grounding, ds.name, "teach")
         for row in pool_rows(jobs, model=gguf, adapter=None, dataset=args.dataset, data_dir=args.data_dir,
                              prompt="teacher", role="teacher", params=params, workers=args.workers,
                              model_name=None if args.model else TEACHER_NAME, n_ctx=4096, grounding=grounding):
@@ -136,6 +137,8 @@ def _rows(args: argparse.Namespace, ds, out: Path, users: np.ndarray, splits: li
             yield row
         return
     grounding = endpoint_grounding(args, ds)
+    if grounding:
+        refuse_mixed_grounding(store, grounding["grounding"], ds.name, "teach")
     free = sum(r["status"] == "ok" and "step3_path" not in r for r in store.rows.values())
     if grounding and free:
         print(f"teach: {free} ok rows already in {store.path} have a free Step 3; they are kept, not redone "

@@ -322,3 +322,26 @@ def test_a_catalogue_without_categories_keeps_a_free_step2():
     assert category_column(games_like) is None and history_categories(games_like, [0, 1], 3) == []
     with pytest.raises(ValueError, match="step2"):
         GroundingConfig(step2="genres")
+
+
+def test_a_resumed_file_refuses_rows_of_another_grounding_configuration(tmp_path):
+    """One file, one configuration: resuming with other shortlist flags stops before writing, says which
+    field differs and keeps the rows; the same configuration spelled as an older row did passes."""
+    import json
+
+    from slim.lm.rationale_file import RationaleStore
+    from slim_train.common import refuse_mixed_grounding
+
+    path = tmp_path / "teacher-grounded.jsonl"
+    old = {"user_id": "1", "split": "valid", "status": "ok", "rationale": "...", "steps": ["a", "b", "c"],
+           "grounding": {"k": 3, "n_candidates": 20, "recent": 5, "item_max_tokens": 48, "popularity_weight": None}}
+    path.write_text(json.dumps(old) + "\n")
+    store = RationaleStore(path)
+    same = GroundingConfig.for_dataset("amazon-video-games", popularity_weight=0.05, hubness_weight=0.0)
+    refuse_mixed_grounding(store, same, "amazon-video-games", "teach")  # None meant the dataset's 0.05
+    with pytest.raises(SystemExit, match=r"hubness_weight: the file has 0.0, this run 0.5.*1 rows are kept"):
+        refuse_mixed_grounding(store, GroundingConfig.for_dataset("amazon-video-games"), "amazon-video-games", "teach")
+    with pytest.raises(SystemExit, match="exclude_editions"):
+        refuse_mixed_grounding(store, GroundingConfig(popularity_weight=0.05, exclude_editions=True),
+                               "amazon-video-games", "reason")
+    assert path.read_text() == json.dumps(old) + "\n"

@@ -96,6 +96,29 @@ class GroundingConfig:
                 "mean cosine of the item to its hubness_k nearest train-prefix histories"}
 
 
+def recorded_meaning(record: dict, dataset: str) -> dict:
+    """A row's recorded grounding as the config it means: a field the row predates takes its default
+    (its old meaning, as slim.student.sft rebuilds it), and ``popularity_weight=None`` the dataset's
+    POPULARITY_WEIGHT, so that two spellings of one configuration compare equal."""
+    fields = {k: v for k, v in record.items() if k in GroundingConfig.__dataclass_fields__}
+    meaning = asdict(GroundingConfig(**fields))
+    if meaning["popularity_weight"] is None:
+        meaning["popularity_weight"] = POPULARITY_WEIGHT.get(dataset, DEFAULT_POPULARITY_WEIGHT)
+    return meaning
+
+
+def mixed_grounding(rows, cfg: GroundingConfig, dataset: str) -> dict[str, tuple]:
+    """Fields in which ``cfg`` means another shortlist or Step 3 than the grounded ``rows`` already in a
+    file: {field: (the rows' value, cfg's value)}; empty when a resumed file keeps one configuration."""
+    new = recorded_meaning(asdict(cfg), dataset)
+    seen: dict[str, tuple] = {}
+    for row in rows:
+        if row.get("grounding"):
+            old = recorded_meaning(row["grounding"], dataset)
+            seen.update({k: (old[k], new[k]) for k in new if old[k] != new[k]})
+    return seen
+
+
 # Chosen on validation targets only: share of 400 seeded users whose valid target is in the 20-item
 # shortlist (`python bench/candidate_recall.py`): ML-100K cosine alone 5.5%, +0.2 x popularity 16.5%
 # (popularity alone 12.8%); Games cosine alone 6.8%, +0.05 7.5%, +0.2 3.3%. Text similarity alone
