@@ -86,7 +86,9 @@ def normalise_title(title: str) -> str:
 # bracketed note ("(Nintendo Selects)") or an edition phrase ("Game of the Year Edition", "HD")
 _EDITION_TAIL = re.compile(
     r"(?:\s+-\s+[^-]*\b(?:playstation|ps[1-5]|psp|vita|xbox|wii|nintendo|3ds|ds|switch|gamecube|game ?boy|pc|mac|"
-    r"windows|sega|steam|digital|download|code|edition|version|import|bundle)\b[^-]*|\s*\((?!\d{4}\))[^()]*\)|\s*[:,-]?\s*(?:\b(?:hd|remastered|remaster|game of the year(?: edition)?|goty"
+    r"windows|sega|steam|digital|download|code|edition|version|import|bundle)\b[^-]*"
+    r"|\s*\((?!\d{4}\))[^()]*\)"  # a bracketed note, but not a film's year
+    r"|\s*[:,-]?\s*(?:\b(?:hd|remastered|remaster|game of the year(?: edition)?|goty"
     r"(?: edition)?|complete edition|definitive edition|greatest hits|player'?s choice|nintendo selects|"
     r"platinum hits|collector'?s edition|limited edition|standard edition|deluxe edition|special edition)))\s*$",
     re.IGNORECASE)
